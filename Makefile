@@ -1,0 +1,61 @@
+# Two commands do everything on a fresh Linux machine with Python >= 3.10:
+#   make book   render the book (HTML + PDF) into _book/ with Quarto
+#   make test   run the whole test suite (unit, parity, chapters, notebooks, distributed, kernels)
+#
+# TORCH pins the PyTorch build installed first. The default is the CPU reference build the book is
+# tested with; on a GPU machine use e.g. `make test TORCH=torch` (any torch >= 2.4 works).
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# Local copy of the shared data sets, if present beside the repository (CI has one); see README.
+LLMBOOK_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export LLMBOOK_DATA
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+export LLMBOOK_QUIET := 1
+
+# Notebooks whose every output is deterministic: checked strictly by nbval; the rest are checked laxly.
+NOTEBOOKS_STRICT := notebooks/costs.ipynb
+NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
+NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: book test venv notebooks check clean
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+venv: $(VENV)/.installed-test
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
+	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
+
+book: $(VENV)/.installed-book
+	@QUARTO=$$(command -v quarto || ls $(VENV)/bin/quarto 2>/dev/null); \
+	if [ -z "$$QUARTO" ] || ! "$$QUARTO" --version >/dev/null 2>&1; then \
+	  echo "make book: the Quarto CLI (>= 1.9) was not found and could not be installed with pip (quarto-cli)."; \
+	  echo "Install it from https://quarto.org/docs/get-started/ (or your package manager), then run 'make book' again."; \
+	  exit 1; \
+	fi; \
+	PATH="$(abspath $(VENV))/bin:$$PATH" QUARTO_PYTHON="$(abspath $(PY))" "$$QUARTO" render
+
+notebooks: $(VENV)/.installed-test
+	$(PY) scripts/booktools.py notebooks
+
+check: $(VENV)/.installed-test
+	$(PY) scripts/booktools.py check
+
+clean:
+	rm -rf _book .quarto chapters/*.quarto_ipynb .pytest_cache

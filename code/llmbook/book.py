@@ -1,0 +1,151 @@
+"""Chapter setup helpers: one call at the top of every chapter and notebook (BOOK_DESIGN section 2)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+DEFAULT_SEED = 1234
+
+
+def project_root(start: Path | None = None) -> Path:
+    """Return the repository root (the folder holding `_quarto.yml`), searching upwards from `start`."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "_quarto.yml").is_file():
+            return candidate
+    package_root = Path(__file__).resolve().parents[2]
+    if (package_root / "_quarto.yml").is_file():
+        return package_root
+    raise FileNotFoundError(f"no _quarto.yml found above {here}; run from inside the book's repository")
+
+
+def seed_everything(seed: int = DEFAULT_SEED) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so chapter outputs are reproducible."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def pick_device() -> str:
+    """Return 'cuda' when a GPU is usable, else 'cpu' (the book's reference device)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_interactive() -> bool:
+    """True in a terminal or a live notebook, False when a chapter is rendered or tested."""
+    if os.environ.get("LLMBOOK_QUIET") or os.environ.get("QUARTO_PROJECT_DIR") or os.environ.get("CI"):
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def preset_name(device: str | None = None) -> str:
+    """Name of the size preset for this machine: `cpu-tiny` on CPU, bigger ones on GPUs (section 2)."""
+    if os.environ.get("LLMBOOK_PRESET"):
+        return os.environ["LLMBOOK_PRESET"]
+    device = device or pick_device()
+    if device != "cuda":
+        return "cpu-tiny"
+    import torch
+
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return "h100-124m" if total_gib >= 40 else "colab-t4"
+
+
+def preset(name: str | None = None) -> dict:
+    """Load the TOML preset `configs/<name>.toml` (default: the one `preset_name` picks)."""
+    name = name or preset_name()
+    path = project_root() / "configs" / f"{name}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"unknown preset {name!r}: {path} does not exist")
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What `setup()` decided, so a chapter can print or branch on it."""
+
+    seed: int
+    device: str
+    preset: str
+    interactive: bool
+
+
+def setup(seed: int = DEFAULT_SEED, quiet: bool | None = None) -> Setup:
+    """Seed everything, pick the device, style plots and silence progress bars when rendering.
+
+    Called by the hidden first cell of every chapter (BOOK_DESIGN section 2).
+    """
+    interactive = is_interactive() if quiet is None else not quiet
+    if not interactive:
+        os.environ["TQDM_DISABLE"] = "1"
+    seed_everything(seed)
+    np.set_printoptions(precision=4, suppress=True, linewidth=100)
+    import torch
+
+    torch.set_printoptions(precision=4, linewidth=100, sci_mode=False)
+    _style_plots()
+    try:
+        import pandas as pd
+
+        pd.set_option("display.width", 100)
+        pd.set_option("display.max_columns", 20)
+        pd.set_option("display.precision", 3)
+    except ImportError:
+        pass
+    device = pick_device()
+    return Setup(seed=seed, device=device, preset=preset_name(device), interactive=interactive)
+
+
+def _style_plots() -> None:
+    """A clean, print-friendly matplotlib style shared by every figure in the book."""
+    try:
+        import matplotlib
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    plt.rcParams.update(
+        {
+            "figure.figsize": (6.4, 3.6),
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.size": 10,
+            "legend.frameon": False,
+        }
+    )
+    matplotlib.rcParams["svg.hashsalt"] = "llmbook"
+
+
+def inline(value: object) -> str:
+    """Format a computed value for the prose: thousands separators for ints, 3 significant digits for floats."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            mantissa, exponent = f"{value:.2e}".split("e")
+            return f"{mantissa} × 10^{int(exponent)}^"
+        return f"{value:,.3g}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,38 @@
+"""The `llmbook` command: one subcommand per chapter, each defined next to the code it drives."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand name -> module that defines `add_parser(subparsers)`; the parser's `func(args)` returns an exit code.
+COMMANDS: dict[str, str] = {
+    "costs": "llmbook.costs.cli",
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line and turned into exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmbook", description="Build a large language model from scratch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError) as err:
+        print(f"llmbook {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

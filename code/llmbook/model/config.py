@@ -1,0 +1,149 @@
+"""The model configuration shared by the architecture code and the cost estimates (@sec-architecture)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MLP_TYPES = ("gelu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POS_TYPES = ("learned", "sinusoidal", "rope", "alibi")
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a decoder-only transformer; validated on construction.
+
+    Field names follow nanoGPT (n_layer, n_head, n_embd) and Llama (n_kv_head, multiple_of).
+    """
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None: equal to n_head (multi-head attention)
+    n_embd: int = 768
+    mlp: str = "gelu"  # "gelu" (4x hidden) or "swiglu" (8/3x hidden, rounded to multiple_of)
+    mlp_hidden: int | None = None  # override the hidden width of the MLP
+    multiple_of: int = 64
+    norm: str = "layernorm"
+    pos_emb: str = "learned"
+    bias: bool = True
+    tie_weights: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # options owned by later chapters
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "multiple_of"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden <= 0):
+            raise ValueError(f"GPTConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig.n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        for name, allowed in (("mlp", MLP_TYPES), ("norm", NORM_TYPES), ("pos_emb", POS_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        """Hidden width of the MLP: 4d for GELU, 8d/3 rounded up to `multiple_of` for SwiGLU."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        hidden = int(8 * self.n_embd / 3)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "GPTConfig":
+        """Build a config from a mapping, naming the source and the field when something is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of GPTConfig fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown GPTConfig field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A named architecture from `PRESETS` (published shapes), with optional overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def load(cls, spec: str) -> "GPTConfig":
+        """Resolve a preset name, a JSON file, or a TOML file whose `[model]` table holds the fields."""
+        if spec in PRESETS:
+            return cls.from_preset(spec)
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"{spec!r} is neither a model preset ({', '.join(sorted(PRESETS))}) nor a file")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{path}: malformed TOML: {err}") from None
+            data = data.get("model", data)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: malformed JSON: {err}") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _llama(n_layer: int, n_head: int, n_embd: int, vocab: int, ctx: int, n_kv_head: int | None = None,
+           multiple_of: int = 256, mlp_hidden: int | None = None) -> dict[str, Any]:
+    return dict(vocab_size=vocab, block_size=ctx, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                n_embd=n_embd, mlp="swiglu", multiple_of=multiple_of, mlp_hidden=mlp_hidden, norm="rmsnorm",
+                pos_emb="rope", bias=False, tie_weights=False)
+
+
+def _gpt2(n_layer: int, n_head: int, n_embd: int, ctx: int = 1024, vocab: int = 50257) -> dict[str, Any]:
+    return dict(vocab_size=vocab, block_size=ctx, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
+# Published shapes: GPT-2 [@radford2019gpt2], GPT-3 [@brown2020gpt3], LLaMA [@touvron2023llama],
+# Llama 2 [@touvron2023llama2], Llama 3 [@grattafiori2024llama3].
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-124m": _gpt2(12, 12, 768),
+    "gpt2-350m": _gpt2(24, 16, 1024),
+    "gpt2-774m": _gpt2(36, 20, 1280),
+    "gpt2-1.5b": _gpt2(48, 25, 1600),
+    "gpt3-175b": _gpt2(96, 96, 12288, ctx=2048),
+    "llama-7b": _llama(32, 32, 4096, 32000, 2048),
+    "llama-13b": _llama(40, 40, 5120, 32000, 2048),
+    "llama-65b": _llama(80, 64, 8192, 32000, 2048),
+    "llama2-7b": _llama(32, 32, 4096, 32000, 4096),
+    "llama2-70b": _llama(80, 64, 8192, 32000, 4096, n_kv_head=8, mlp_hidden=28672),
+    "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336),
+    "llama3-70b": _llama(80, 64, 8192, 128256, 8192, n_kv_head=8, mlp_hidden=28672),
+    # A ~1B Llama-style shape for single-GPU experiments (not a published model).
+    "llama-1b": _llama(16, 32, 2048, 32000, 2048, n_kv_head=8, mlp_hidden=5632),
+}

@@ -1,0 +1,26 @@
+"""Shared test fixtures: the repository root, the book tooling, and the data directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The local copy of the shared data (LLMBOOK_DATA); tests that need it skip without it."""
+    value = os.environ.get("LLMBOOK_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("LLMBOOK_DATA is not set to a data directory")
+    return Path(value)
