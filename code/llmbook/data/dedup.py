@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import regex
-from tqdm.auto import tqdm
+from llmbook.data._io import progress_bar
 
 _PUNCT = regex.compile(r"[\p{P}\p{S}]+")
 _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -166,7 +166,7 @@ def minhash_signatures(texts: Iterable[str], config: MinHashConfig | None = None
         pending = 0
 
     with np.errstate(over="ignore"):
-        for text in tqdm(texts, desc="minhash", unit="doc", disable=not progress):
+        for text in progress_bar(texts, desc="minhash", unit="doc", progress=progress):
             h = shingle_hashes(shingles(text, cfg.ngram))
             batch.append(h)
             pending += len(h)

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from llmbook.data._io import atomic_write, write_json
+from llmbook.data._io import atomic_write, progress_bar, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -127,7 +126,7 @@ def write_shards(
     writers = {split: _ShardWriter(out, split, dtype, shard_tokens) for split in SPLITS}
     sources: dict[str, dict[str, int]] = {}
     n_docs = skipped_empty = 0
-    for item in tqdm(texts, desc="tokenize", unit="doc", disable=not progress):
+    for item in progress_bar(texts, desc="tokenize", unit="doc", progress=progress):
         if isinstance(item, str):
             text, source = item, "unknown"
         elif isinstance(item, Mapping) and isinstance(item.get("text"), str):

@@ -225,6 +225,17 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
     return read_text(path, separator or "paragraph")
 
 
+def load_inputs(inputs: Iterable[str | Path], separator: str | None = None, text_field: str = "text",
+                skips: Counter | None = None) -> Iterator[Record]:
+    """Chain several corpora (names or paths); every missing one fails before any is read."""
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("no input given")
+    streams = [load_corpus(i, separator, text_field, skips) for i in inputs]
+    for stream in streams:
+        yield from stream
+
+
 def mixture(
     streams: Mapping[str, Iterable[Record] | Callable[[], Iterable[Record]]],
     weights: Mapping[str, float],

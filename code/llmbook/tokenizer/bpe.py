@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import regex
-from tqdm.auto import tqdm
 
-from llmbook.data._io import atomic_write
+from llmbook.data._io import atomic_write, progress_bar
 from llmbook.tokenizer.pretokenize import compiled, resolve_pattern
 
 Pair = tuple[int, int]
@@ -142,7 +141,7 @@ class BPETokenizer:
         merges, merge_counts = [], []
         vocab = {i: bytes([i]) for i in range(256)}
         ids = {v: i for i, v in vocab.items()}
-        bar = tqdm(total=n_new, desc="bpe merges", disable=not progress)
+        bar = progress_bar(None, total=n_new, desc="bpe merges", progress=progress)
         while len(vocab) < 256 + n_new and heap:
             neg, a, b = heapq.heappop(heap)
             pair = (a, b)
