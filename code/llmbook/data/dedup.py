@@ -98,7 +98,7 @@ class MinHashConfig:
     seed: int = 1
     verify: bool = True
     max_bucket: int = 100
-    batch_shingles: int = 1 << 16
+    batch_shingles: int = 4096  # shingles per vectorised block: (4096 x num_perm) uint32 stays in cache
 
     def __post_init__(self) -> None:
         if self.num_perm <= 0:
@@ -158,7 +158,8 @@ def minhash_signatures(texts: Iterable[str], config: MinHashConfig | None = None
         nonempty = lengths > 0
         if nonempty.any():
             hv = _fmix32(np.concatenate(batch))
-            phv = hv[:, None] * a[None, :] + b[None, :]  # uint32 arithmetic wraps: this is the mod 2^32
+            phv = np.multiply(hv[:, None], a[None, :])  # uint32 arithmetic wraps: this is the mod 2^32
+            phv += b[None, :]
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
             sig[nonempty] = np.minimum.reduceat(phv, starts, axis=0)
         out.append(sig)
