@@ -46,7 +46,8 @@ def test_dtype_rule():
 def test_shards_hold_documents_with_eos_in_order(shards):
     out, docs, manifest = shards
     assert manifest["dtype"] == "uint16"
-    assert manifest["tokenizer_hash"] == "abc"
+    assert manifest["tokenizer_hash"] == "abc" and manifest["max_token_id"] == EOS
+    assert write_shards(["ab"], lambda t: [5, 6], out / "eos0", eos_id=0, progress=False)["dtype"] == "uint16"
     assert manifest["documents"] == len(docs)
     expected = {"train": [], "val": []}
     for i, d in enumerate(docs):
@@ -66,8 +67,10 @@ def test_shards_hold_documents_with_eos_in_order(shards):
 
 
 def test_uint32_when_vocab_is_large(tmp_path):
+    with pytest.raises(ValueError, match="pass vocab_size"):
+        write_shards(["hello"], lambda t: [70000, 1], tmp_path, eos_id=3, progress=False)
     manifest = write_shards(["hello", "world"], lambda t: [70000, 1], tmp_path, eos_id=70001, val_fraction=0.0,
-                            progress=False)
+                            vocab_size=70002, progress=False)
     assert manifest["dtype"] == "uint32"
     assert np.fromfile(tmp_path / "train_00000.bin", dtype=np.uint32).tolist() == [70000, 1, 70001] * 2
 
@@ -75,8 +78,8 @@ def test_uint32_when_vocab_is_large(tmp_path):
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         write_shards(["", ""], byte_encode, tmp_path, eos_id=EOS, progress=False)
-    with pytest.raises(ValueError, match="does not fit"):
-        write_shards(["x"], lambda t: [300], tmp_path, eos_id=EOS, progress=False)
+    with pytest.raises(ValueError, match="does not fit vocab_size 256"):
+        write_shards(["x"], lambda t: [300], tmp_path, eos_id=EOS, vocab_size=256, progress=False)
     with pytest.raises(ValueError, match="'text'"):
         write_shards([{"body": "x"}], byte_encode, tmp_path, eos_id=EOS, progress=False)
     with pytest.raises(FileNotFoundError, match="manifest"):
