@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ def record(name: str, figures: dict, settings: dict, packages: list[str], out_di
     rec = {
         "name": name,
         "device": "cpu",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in packages},
         "commit": git_commit(),
