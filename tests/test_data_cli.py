@@ -97,6 +97,17 @@ def test_train_tokenize_and_load(corpus, tmp_path, impl):
     assert x.shape == (2, 16)
 
 
+def test_filter_overrides(corpus, tmp_path):
+    path, _ = corpus
+    assert main(["data", "prepare", "--input", str(path), "--out", str(tmp_path / "a"), "--set", "min_words=1",
+                 "--set", "languages=en,de", "--dedup", "none"]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["filters"]["config"]["min_words"] == 1 and report["filters"]["config"]["languages"] == ["en", "de"]
+    assert report["filters"]["filters"]["word_count"]["documents"] == 0
+    for bad in ("min_words", "nope=3", "min_words=many", "max_top_ngram_chars_fraction=1"):
+        assert main(["data", "prepare", "--input", str(path), "--out", str(tmp_path / "b"), "--set", bad]) == 2
+
+
 def test_user_errors_exit_2(tmp_path, capsys):
     assert main(["data", "prepare", "--input", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err

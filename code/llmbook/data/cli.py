@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 from llmbook.data._io import atomic_write, write_json
@@ -33,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--filters", default="default", help="'default' (all), 'none', or comma-separated filter names")
     prep.add_argument("--min-words", type=int, help="override FilterConfig.min_words")
     prep.add_argument("--languages", help="comma-separated language codes to keep (default en)")
+    prep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override any FilterConfig threshold, e.g. --set max_words=1000000 (repeatable)")
     prep.add_argument("--dedup", default="exact,minhash", help="comma-separated subset of exact,minhash, or none")
     prep.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold (default 0.8)")
     prep.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
@@ -49,6 +52,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tok.set_defaults(func=run_tokenize)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`FIELD=VALUE` strings -> FilterConfig overrides, each value parsed as the type of the field's default."""
+    defaults = {f.name: f.default for f in fields(FilterConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+        default = defaults[name]
+        try:
+            if isinstance(default, tuple) and all(isinstance(v, str) for v in default):
+                out[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif isinstance(default, (int, float)):
+                out[name] = type(default)(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--set {item!r}: cannot use {value!r} for {name} (default {default!r})") from None
+    return out
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     dedup = [] if args.dedup == "none" else [d.strip() for d in args.dedup.split(",") if d.strip()]
     bad = [d for d in dedup if d not in DEDUP_METHODS]
@@ -59,6 +83,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         overrides["min_words"] = args.min_words
     if args.languages:
         overrides["languages"] = tuple(x.strip() for x in args.languages.split(","))
+    overrides.update(parse_overrides(args.set))
     skipped: Counter = Counter()
     records = load_inputs(args.input, args.separator, args.text_field, skipped)
     kept, report = prepare(records, filters=args.filters, filter_config=FilterConfig(**overrides), dedup=dedup,
