@@ -42,7 +42,9 @@ def prepare(
     """Run the stages in order and return `(kept records, report)` (@sec-data-pipeline).
 
     The report counts documents at every stage; `input = kept + removed`, where removed includes input records
-    that could not be read (`skipped`, counted by the readers) and documents each stage dropped.
+    that could not be read (`skipped`, counted by the readers) and documents each stage dropped. Records stream
+    through the filters; the ones kept are held in memory for deduplication (at web scale one would keep only
+    the MinHash signatures and a document index, and shard the LSH buckets).
     """
     unknown = [d for d in dedup if d not in DEDUP_METHODS]
     if unknown:
