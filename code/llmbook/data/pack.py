@@ -115,8 +115,8 @@ def write_shards(
         raise ValueError(f"eos_id must be non-negative, got {eos_id}")
     if vocab_size is not None and eos_id >= vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary of size {vocab_size}")
-    dtype = token_dtype(vocab_size if vocab_size is not None else 2**16)
-    bound = vocab_size if vocab_size is not None else 2**16  # ids must be < bound
+    bound = vocab_size if vocab_size is not None else 2**16  # every id must be < bound
+    dtype = token_dtype(bound)
     if eos_id >= bound:
         raise ValueError(f"eos_id {eos_id} does not fit uint16 shards: pass vocab_size")
     max_id = eos_id
