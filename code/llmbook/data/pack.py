@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +289,7 @@ class TokenLoader:
         data = torch.from_numpy(rows)
         return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate batches forever (epochs roll over); stop with `itertools.islice` or a step budget."""
         while True:
             yield self.next_batch()
