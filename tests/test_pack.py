@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbook.data.pack import TokenLoader, is_val_document, read_manifest, token_dtype, write_shards
 
@@ -33,6 +35,13 @@ def shards(tmp_path):
     manifest = write_shards(docs, byte_encode, tmp_path / "shards", eos_id=EOS, shard_tokens=1000, val_fraction=0.1,
                             tokenizer_hash="abc", progress=False)
     return tmp_path / "shards", docs, manifest
+
+
+@pytest.fixture(scope="module")
+def packed_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    write_shards(corpus(), byte_encode, out, eos_id=EOS, shard_tokens=700, val_fraction=0.1, progress=False)
+    return out
 
 
 def test_dtype_rule():
@@ -169,3 +178,35 @@ def test_val_split_and_too_small(shards):
         TokenLoader(out, 64, 512, split="val")
     with pytest.raises(ValueError, match="rank"):
         TokenLoader(out, 2, 8, rank=2, world_size=2)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 4), block=st.integers(4, 32), world=st.integers(1, 3), stop=st.integers(0, 60),
+       seed=st.integers(0, 3))
+def test_resume_property(packed_dir, batch, block, world, stop, seed):
+    """For any settings and stopping point, every rank resumes with exactly the batches it would have seen."""
+    for rank in range(world):
+        make = lambda: TokenLoader(packed_dir, batch, block, seed=seed, rank=rank, world_size=world)
+        full = make()
+        reference = [full.next_batch()[0] for _ in range(stop + 3)]
+        first = make()
+        for _ in range(stop):
+            first.next_batch()
+        resumed = make()
+        resumed.load_state_dict(first.state_dict())
+        assert all(torch.equal(resumed.next_batch()[0], ref) for ref in reference[stop:])
+
+
+def test_failed_write_leaves_no_manifest(tmp_path):
+    write_shards(["old"], byte_encode, tmp_path, eos_id=EOS, progress=False)
+
+    def explode(text):
+        if text == "bad":
+            raise RuntimeError("tokenizer crashed")
+        return byte_encode(text)
+
+    with pytest.raises(RuntimeError):
+        write_shards(["fine"] * 50 + ["bad"], explode, tmp_path, eos_id=EOS, shard_tokens=16, progress=False)
+    assert not (tmp_path / "manifest.json").exists()  # a directory without a manifest is never loaded
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        TokenLoader(tmp_path, 1, 4)
