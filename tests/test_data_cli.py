@@ -70,6 +70,7 @@ def test_prepare_counts_add_up(corpus, tmp_path, capsys):
     assert report["removed"] == {"unreadable": 3, "quality_filters": 1, "exact_duplicates": 1, "near_duplicates": 1}
     assert report["unreadable"] == {"invalid_json": 1, "not_an_object": 1, "no_text_string": 1}
     assert report["encoding_repaired_documents"] == 1
+    assert report["minhash"]["examples"][0]["removed"] == "stories:9"  # the edited copy of the first story
     assert report["pii"] == {"documents_redacted": 1, "spans": {"EMAIL": 1}}
     assert len(kept) == report["kept_documents"] == 11
     assert any("<EMAIL>" in r["text"] for r in kept) and not any("zed@example.com" in r["text"] for r in kept)

@@ -77,7 +77,11 @@ def prepare(
         cfg = minhash or MinHashConfig()
         result = near_duplicates([r["text"] for r in kept], cfg, progress=progress)
         removed["near_duplicates"] = int((~result.keep).sum())
-        report["minhash"] = {**result.report(), "config": asdict(cfg)}
+        examples = [
+            {"kept": kept[int(i)].get("id"), "removed": kept[int(j)].get("id"), "estimated_jaccard": round(float(sim), 3)}
+            for (i, j), sim in zip(result.pairs[:5], result.similarities[:5])
+        ]
+        report["minhash"] = {**result.report(), "examples": examples, "config": asdict(cfg)}
         kept = [r for r, k in zip(kept, result.keep) if k]
     if pii:
         counts: Counter = Counter()

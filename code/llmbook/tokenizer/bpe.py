@@ -215,7 +215,12 @@ class BPETokenizer:
 
     def encode(self, text: str, allowed_special: Literal["all", "none"] | set[str] = "none") -> list[int]:
         """Token ids of `text`. Special-token strings become their ids only when allowed, else they are plain text."""
-        allowed = set(self.special_tokens) if allowed_special == "all" else set() if allowed_special == "none" else set(allowed_special)
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+        elif allowed_special == "none":
+            allowed = set()
+        else:
+            allowed = set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
             raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
