@@ -113,10 +113,10 @@ def detect_language(text: str, sample_chars: int = 4000) -> tuple[str, float]:
     sample = text[:sample_chars]
     latin = len(_LATIN.findall(sample))
     scripts = {code: len(rx.findall(sample)) for code, rx in _SCRIPTS.items()}
+    letters = latin + sum(scripts.values())
     if scripts["ja"]:  # Japanese mixes kana with Han characters
         scripts["ja"] += scripts["zh"]
     code, count = max(scripts.items(), key=lambda kv: kv[1])
-    letters = latin + sum(v for k, v in scripts.items() if k != "ja" or not scripts["ja"])
     if count > latin:
         return code, count / max(letters, 1)
     words = [w.lower() for w in _WORD.findall(sample)]
