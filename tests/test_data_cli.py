@@ -49,7 +49,7 @@ def corpus(tmp_path, monkeypatch):
     lines.append(json.dumps({"text": STORY.upper(), "source": "stories"}))  # exact duplicate after normalisation
     lines.append(json.dumps({"text": STORY.replace("red", "blue") + " The end.", "source": "stories"}))  # near duplicate
     lines.append(json.dumps({"text": story(7) + " Write to zed@example.com.", "source": "stories"}))
-    lines.append(json.dumps({"text": "too short", "source": "stories"}))
+    lines.append(json.dumps({"text": "too short <|endoftext|>", "source": "stories"}))
     lines.append("this line is not json")
     lines.append(json.dumps(["a list"]))
     lines.append(json.dumps({"body": "no text field"}))
@@ -93,6 +93,7 @@ def test_train_tokenize_and_load(corpus, tmp_path, impl):
                  "--out", str(shards), "--val-fraction", "0.1"]) == 0
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["dtype"] == "uint16" and manifest["unreadable"]["invalid_json"] == 1
+    assert manifest["documents_with_literal_eos"] == 1
     assert manifest["documents"] == 12 and manifest["eos_id"] == tok.token_to_id("<|endoftext|>")
     x, y = TokenLoader(shards, batch_size=2, block_size=16).next_batch()
     assert x.shape == (2, 16)

@@ -109,11 +109,21 @@ def run_tokenize(args: argparse.Namespace) -> int:
         raise ValueError(f"the tokenizer has no token {args.eos!r} to use as EOS (pass --eos)")
     skipped: Counter = Counter()
     records = load_inputs(args.input, args.separator, args.text_field, skipped)
-    manifest = write_shards(records, lambda text: tok.encode(text, add_special_tokens=False).ids, args.out, eos_id=eos,
+    literal_eos = 0
+
+    def encode(text: str) -> list[int]:
+        # `tokenizers` always matches added tokens, so a literal EOS string in a document becomes the EOS id:
+        # count such documents so the manifest shows it.
+        nonlocal literal_eos
+        literal_eos += args.eos in text
+        return tok.encode(text, add_special_tokens=False).ids
+
+    manifest = write_shards(records, encode, args.out, eos_id=eos,
                             shard_tokens=args.shard_tokens, tokenizer_hash=file_sha256(args.tokenizer),
                             vocab_size=tok.get_vocab_size(), val_fraction=args.val_fraction)
-    if skipped:
+    if skipped or literal_eos:
         manifest["unreadable"] = dict(skipped)
+        manifest["documents_with_literal_eos"] = literal_eos
         write_json(Path(args.out) / "manifest.json", manifest)
     splits = manifest["splits"]
     print(f"{manifest['documents']} documents, {manifest['tokens']:,} tokens ({manifest['dtype']}): "
