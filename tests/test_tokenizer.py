@@ -229,3 +229,15 @@ def test_analysis_helpers(small_tok):
     assert fertility(small_tok, ["the cat"]) == pytest.approx(len(small_tok.encode("the cat")) / 2)
     hf = train_hf_tokenizer(SMALL, 300)
     assert bytes_per_token(hf, texts) > 1.0
+
+
+def test_merges_that_rebuild_an_existing_token_reuse_its_id(tmp_path):
+    # x+a -> 256, b+c -> 257, xa+bc -> 258 ("xabc"), a+b -> 259, ab+c -> 260, x+abc -> "xabc" again: id 258.
+    x, a, b, c = (ord(ch) for ch in "xabc")
+    tok = BPETokenizer([(x, a), (b, c), (256, 257), (a, b), (259, c), (x, 260)], special_tokens=["<|endoftext|>"])
+    assert tok.merge_ids == [256, 257, 258, 259, 260, 258]
+    assert tok.vocab_size == 256 + 5 + 1 and tok.eos_id == 261
+    hf = Tokenizer.from_file(str(tok.to_hf_json(tmp_path / "tokenizer.json")))
+    for text in ("xabc", "abc xabc", "zabcx", "xxabcabc"):
+        assert hf.encode(text).ids == tok.encode(text)
+        assert tok.decode(tok.encode(text)) == text
