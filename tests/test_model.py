@@ -176,3 +176,15 @@ def test_torch_compile_cpu():
             pytest.skip(f"no working C++ compiler for inductor on this machine: {type(err).__name__}")
         raise
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_tokens_follows_bert_recipe():
+    from llmbook.model import mask_tokens
+
+    idx = torch.randint(0, 50, (64, 128), generator=torch.Generator().manual_seed(8))
+    inputs, targets = mask_tokens(idx, mask_id=60, vocab_size=50, prob=0.15, generator=torch.Generator().manual_seed(9))
+    chosen = targets != -100
+    assert abs(chosen.float().mean().item() - 0.15) < 0.01
+    assert torch.equal(targets[chosen], idx[chosen]) and torch.equal(inputs[~chosen], idx[~chosen])
+    assert abs((inputs[chosen] == 60).float().mean().item() - 0.8) < 0.03
+

@@ -357,3 +357,20 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
     idx = torch.tensor([[pad_id] * (t - len(p)) + list(p) for p in prompts], dtype=torch.long)
     mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
     return idx, mask
+
+
+def mask_tokens(idx: Tensor, mask_id: int, vocab_size: int, prob: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT's masked-LM corruption [@devlin2019bert] for an encoder (`causal=False`) (@sec-architecture-families).
+
+    Each token is chosen with probability `prob`; a chosen token becomes `mask_id` 80% of the time, a random
+    token 10%, and stays 10%. Returns (inputs, targets) with targets -100 except at chosen positions.
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    chosen = torch.rand(idx.shape, generator=generator, device=idx.device) < prob
+    how = torch.rand(idx.shape, generator=generator, device=idx.device)
+    random_tokens = torch.randint(0, vocab_size, idx.shape, generator=generator, device=idx.device)
+    inputs = torch.where(chosen & (how < 0.8), mask_id, idx)
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_tokens, inputs)
+    return inputs, torch.where(chosen, idx, -100)
