@@ -125,3 +125,40 @@ def test_dispatch_and_errors():
         attention(q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), impl="naive")
     with pytest.raises(ValueError, match="block sizes"):
         tiled_attention(q, k, v, block_q=0)
+
+
+def test_attention_flops_counts_visible_pairs():
+    from llmbook.kernels.measure import attention_flops
+
+    assert attention_flops(1, 1, 4, 4, 8, causal=False) == 4 * 16 * 8
+    assert attention_flops(1, 1, 4, 4, 8, causal=True) == 4 * 10 * 8  # 1 + 2 + 3 + 4 visible pairs
+    assert attention_flops(2, 3, 1, 9, 8, causal=True, mode="fwd+bwd") == int(3.5 * 4 * 2 * 3 * 9 * 8)
+    with pytest.raises(ValueError, match="mode"):
+        attention_flops(1, 1, 1, 1, 1, True, mode="both")
+
+
+def test_tiled_never_builds_the_score_matrix():
+    """The largest tensor of the naive forward is the (B, H, T, T) scores; the tiled one's is O(T)."""
+    from llmbook.kernels.measure import largest_tensor_bytes
+
+    q, k, v = (x.detach() for x in _inputs((256, 256, 2, 2, 8), torch.float32))
+    naive = largest_tensor_bytes(lambda: attention(q, k, v, impl="naive"))
+    tiled = largest_tensor_bytes(lambda: tiled_attention(q, k, v, block_q=32, block_k=32))
+    assert naive == 2 * 2 * 256 * 256 * 4
+    assert tiled <= 2 * 2 * 256 * 8 * 4  # the output (B, H, T, D)
+
+
+def test_bench_script_runs(tmp_path, root):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "a.json"
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "code")}
+    subprocess.run([sys.executable, str(root / "bench" / "attention.py"), "--seq-lens", "17", "--head-dims", "16",
+                    "--repeats", "1", "--impls", "naive", "tiled", "--out", str(out)], check=True, env=env,
+                   capture_output=True)
+    record = json.loads(out.read_text())
+    assert record["peer"] == "sdpa" and {r["impl"] for r in record["results"]} == {"sdpa", "naive", "tiled"}
+    assert {r["mode"] for r in record["results"]} == {"fwd", "bwd", "fwd+bwd"}
+    assert all(r["tflops"] > 0 and r["speedup_vs_sdpa"] > 0 for r in record["results"])
