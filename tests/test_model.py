@@ -188,3 +188,12 @@ def test_mask_tokens_follows_bert_recipe():
     assert torch.equal(targets[chosen], idx[chosen]) and torch.equal(inputs[~chosen], idx[~chosen])
     assert abs((inputs[chosen] == 60).float().mean().item() - 0.8) < 0.03
 
+
+
+def test_attention_weights_are_causal_distributions():
+    model = tiny(pos_emb="rope", n_kv_head=2)
+    weights = model.attention_weights(torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(9)))
+    assert len(weights) == 2 and weights[0].shape == (2, 4, 9, 9)
+    torch.testing.assert_close(weights[1].sum(-1), torch.ones(2, 4, 9))
+    assert weights[0].triu(1).abs().max() == 0
+    assert all(b.attn.weights is None for b in model.blocks)
