@@ -30,8 +30,10 @@ def _gpt2_config(c: Any) -> GPTConfig:
 
 
 def _llama_config(c: Any) -> GPTConfig:
-    rope = dict(getattr(c, "rope_parameters", None) or {})
-    if rope.get("rope_type", "default") != "default":
+    # transformers 5 keeps RoPE settings in `rope_parameters`; 4.x in `rope_theta` and `rope_scaling`
+    rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    rope.setdefault("rope_theta", getattr(c, "rope_theta", 10000.0))
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"Llama rope_type={rope.get('rope_type')!r} (RoPE scaling) is not supported, only 'default'")
     if c.hidden_act != "silu":
         raise ValueError(f"Llama hidden_act={c.hidden_act!r} is not supported, only 'silu' (SwiGLU)")
@@ -131,7 +133,7 @@ def hf_config(cfg: GPTConfig) -> Any:
                        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
                        num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
                        max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
-                       rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+                       rope_theta=cfg.rope_base,  # read by transformers 4.x and 5.x alike
                        attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_weights,
                        architectures=["LlamaForCausalLM"])
 
