@@ -113,3 +113,34 @@ def test_auto_picks_triton_on_cuda():
     assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == "triton"
     assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.float32) == "sdpa"
     assert resolve_impl("auto", "cuda", 80, masked=False, dtype=torch.bfloat16) == "sdpa"
+
+
+# Shared memory per thread block: T4 (sm_75) 64 KiB, A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
+SMEM_LIMIT = {(7, 5): 64 * 1024, (8, 0): 163 * 1024, (9, 0): 227 * 1024}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles for CUDA targets, which the interpreter replaces")
+@pytest.mark.parametrize("capability,dtype,head_dim,window", [((7, 5), torch.float16, 64, False),
+                                                               ((7, 5), torch.float16, 128, True),
+                                                               ((9, 0), torch.bfloat16, 128, False)])
+def test_kernels_compile_for_gpus(capability, dtype, head_dim, window):
+    """Without a GPU: compile forward and backward kernels to GPU machine code (ptxas ships with triton)
+    with the launch configuration `_config` picks for that GPU, and check they fit its shared memory."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llmbook.kernels import flash_triton as ft
+
+    cfg = ft._config(dtype, head_dim, capability)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    consts = dict(H=8, GROUP=2, D=head_dim, HEAD_DIM=head_dim, CAUSAL=True, USE_WINDOW=window, PRECISION="ieee", **cfg)
+    elem = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
+    for fn in (ft._fwd_kernel, ft._bwd_dkdv_kernel, ft._bwd_dq_kernel):
+        signature = {name: "constexpr" if name in consts else elem if name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
+                     else "*fp32" if name in ("LSE", "DELTA") else "fp32" if name.endswith("scale") else "i32"
+                     for name in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                                target=GPUTarget("cuda", capability[0] * 10 + capability[1], 32), options=launch)
+        assert 0 < kernel.metadata.shared <= SMEM_LIMIT[capability], (fn.__name__, kernel.metadata.shared)
