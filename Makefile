@@ -36,6 +36,7 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed-test
 
+test: export OMP_NUM_THREADS = 1
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
