@@ -141,12 +141,13 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], config: dict[str, Any], sharded: bool, keep: int) -> Path:
+                    trainer_state: dict[str, Any], config: dict[str, Any], sharded: bool, keep: int,
+                    extra_files: list[Path] = ()) -> Path:
     """Write checkpoint `step` under `root` atomically on every rank; return its final directory.
 
     `sharded=True` (FSDP2) saves model and optimizer with `torch.distributed.checkpoint`, one shard per
     rank; otherwise rank 0 writes the full model (safetensors) and optimizer state. Every rank writes
-    its own trainer state. Rank 0 then checksums everything, writes the manifest, renames the directory
+    its own trainer state; rank 0 copies `extra_files` (the tokenizer) in. Rank 0 then checksums everything, writes the manifest, renames the directory
     into place and prunes to the newest `keep` checkpoints.
     """
     rank, world = _rank(), _world()
@@ -171,6 +172,8 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     _barrier()
     if rank == 0:
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        for extra in extra_files:
+            shutil.copyfile(extra, tmp / Path(extra).name)
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync_path(path)

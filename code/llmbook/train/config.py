@@ -16,6 +16,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 ON_BAD_STEP = ("skip", "stop")
+DATASETS = ("tinystories", "gutenberg")
 
 
 def _positive(section: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -36,10 +37,11 @@ def _choice(section: str, name: str, value: Any, allowed: tuple[str, ...]) -> No
 class DataConfig:
     """Where the token stream comes from and how it is cut into batches."""
 
-    dataset: str = "tinystories"  # corpus name resolved by llmbook.data.sources
-    tokenizer_vocab: int = 1024  # vocabulary of the BPE tokenizer trained on the corpus
-    max_chars: int = 0  # 0: whole corpus; otherwise only the first max_chars characters are tokenized
-    val_fraction: float = 0.05
+    dataset: str = "tinystories"  # "tinystories" or "gutenberg" (files under $LLMBOOK_DATA)
+    shard_dir: str = ""  # use these packed shards (with tokenizer.json) instead of preparing `dataset`
+    tokenizer_vocab: int = 1024  # vocabulary of the byte-level BPE trained on the corpus
+    max_chars: int = 0  # 0: whole corpus; otherwise only the first max_chars characters are used
+    val_fraction: float = 0.02
     batch_size: int = 8  # micro-batch per rank
     block_size: int = 128
     cache_dir: str = ""  # "" -> $LLMBOOK_CACHE or ~/.cache/llmbook
@@ -47,6 +49,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive("data", self, "tokenizer_vocab", "batch_size", "block_size")
         _positive("data", self, "max_chars", allow_zero=True)
+        _choice("data", "dataset", self.dataset, DATASETS)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"[data] val_fraction must be in (0, 1), got {self.val_fraction!r}")
 

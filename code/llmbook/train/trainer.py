@@ -112,7 +112,7 @@ class Trainer:
         if loaders is None:
             from llmbook.train.data import token_loaders
 
-            loaders = token_loaders(cfg.data, self.out_dir if self.dist.is_main else None)
+            loaders = token_loaders(cfg.data, main=self.dist.is_main)
         self.loaders = loaders
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         if model is None:
@@ -129,6 +129,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, fused=True if device == "cuda" else None)
         self.scaler = torch.amp.GradScaler(device, enabled=cfg.train.precision == "fp16" and cfg.parallel.mode != "fsdp")
         self.train_loader = loaders("train", self.dist.rank, self.dist.world_size, cfg.train.seed)
+        tokenizer = Path(getattr(self.train_loader, "shard_dir", "")) / "tokenizer.json"
+        self.extra_files = [tokenizer] if tokenizer.is_file() else []
         self.step, self.tokens_seen = 0, 0
         self.guard = {"ema": 0.0, "count": 0, "bad_in_a_row": 0, "skipped": 0}
         torch.manual_seed(cfg.train.seed + self.dist.rank)  # per-rank stream for dropout and sampling
@@ -151,7 +153,8 @@ class Trainer:
     def save(self) -> Path:
         """Write a checkpoint of the current step (all ranks must call this)."""
         path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.trainer_state(),
-                                    self.cfg.to_dict(), sharded=self.sharded, keep=self.cfg.checkpoint.keep)
+                                    self.cfg.to_dict(), sharded=self.sharded, keep=self.cfg.checkpoint.keep,
+                                    extra_files=self.extra_files)
         self.log(f"saved checkpoint {path.name}")
         return path
 
@@ -165,15 +168,31 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.guard = state["guard"]
         self.scaler.load_state_dict(state["scaler"])
-        if state["world_size_changed"]:
-            self.log(f"world size changed from {state['world_size']} to {self.dist.world_size}: "
-                     "weights and optimizer are resharded; data order and RNG streams restart from a new seed")
-            self.train_loader = self.loaders("train", self.dist.rank, self.dist.world_size, self.cfg.train.seed + self.step)
-            torch.manual_seed(self.cfg.train.seed + self.step + self.dist.rank)
-        else:
+        if not state["world_size_changed"]:
             self.train_loader.load_state_dict(state["loader"])
             ckpt.set_rng_state(state["rng"])
+        else:
+            self._reshard_loader(state)
+            torch.manual_seed(self.cfg.train.seed + self.step + self.dist.rank)
+            self.log(f"world size changed from {state['world_size']} to {self.dist.world_size}: weights and "
+                     "optimizer state were resharded; dropout RNG streams restart from a new seed")
         self.log(f"resumed from {Path(found).name} at step {self.step}")
+
+    def _reshard_loader(self, state: dict[str, Any]) -> None:
+        """Continue the data stream after a world-size change.
+
+        The packed loader orders windows globally, so with the same global batch (micro-batch x world
+        size) its position carries over exactly; otherwise the stream restarts from a new seed.
+        """
+        saved = state["loader"]
+        mine = self.train_loader.state_dict()
+        if saved.get("batch_size", 0) * saved.get("world_size", 0) == mine["batch_size"] * mine["world_size"]:
+            self.train_loader.load_state_dict({**saved, "batch_size": mine["batch_size"],
+                                               "world_size": mine["world_size"]})
+        else:
+            self.log("global batch changed: the data stream restarts from a new seed")
+            self.train_loader = self.loaders("train", self.dist.rank, self.dist.world_size,
+                                             self.cfg.train.seed + self.step)
 
     # ------------------------------------------------------------------ one step
     def autocast(self):
