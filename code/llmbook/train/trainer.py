@@ -226,9 +226,9 @@ class Trainer:
             self.guard["bad_in_a_row"] += 1
             self.guard["skipped"] += 1
             if cfg.train.on_bad_step == "stop" or self.guard["bad_in_a_row"] > cfg.train.max_bad_steps:
-                raise TrainingDiverged(f"step {self.step}: {reason}; stopping (last good checkpoint is kept in "
+                raise TrainingDiverged(f"step {self.step + 1}: {reason}; stopping (last good checkpoint is kept in "
                                        f"{self.ckpt_root})")
-            self.log(f"step {self.step}: {reason}; update skipped")
+            self.log(f"step {self.step + 1}: {reason}; update skipped")
             if self.scaler.is_enabled():
                 self.scaler.update()
         else:
@@ -280,14 +280,19 @@ class Trainer:
         peak = costs.GPUS[self.cfg.train.gpu].peak_bf16 * self.dist.world_size
         return costs.mfu(tokens_per_s, self.cfg.model_config(), self.cfg.data.block_size, peak)
 
-    def fit(self) -> list[dict[str, Any]]:
-        """Train until `train.steps`, logging, evaluating and checkpointing; return the logged records."""
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train until `train.steps` (or stop early after step `until`), logging, evaluating and checkpointing.
+
+        Returns the records logged by this call. `until` leaves the schedule untouched: it is how the
+        book and the tests interrupt a run to resume it later.
+        """
         cfg, records = self.cfg, []
+        stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
         self.module.train()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
                    **({} if self.dist.is_main else {"disable": True}))
         tick, tokens_at_tick = time.perf_counter(), self.tokens_seen
-        while self.step < cfg.train.steps:
+        while self.step < stop:
             out = self.train_step()
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
