@@ -293,7 +293,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def consolidate(path: str | Path, model: nn.Module, out_file: str | Path) -> Path:
     """Load any checkpoint (full or DCP-sharded) into an unsharded `model` and write one safetensors file."""
     ckpt = resolve(path)
-    load_checkpoint(ckpt, model, None, sharded=False)
+    with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        load_checkpoint(ckpt, model, None, sharded=False)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp{os.getpid()}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from llmbook.train.config import SECTIONS
 
@@ -47,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides_from(args))
     records = run(cfg, args.out, resume=args.resume)
     losses = [r["loss"] for r in records if "loss" in r]
-    if losses:
+    if losses and int(os.environ.get("RANK", "0")) == 0:
         print(f"final train loss {losses[-1]:.4f}; metrics in {args.out}/metrics.jsonl")
     return 0
 
