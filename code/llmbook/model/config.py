@@ -108,7 +108,7 @@ class GPTConfig:
             raise ValueError(f"{source}: unknown GPTConfig field(s) {unknown}; known fields are {sorted(known)}")
         try:
             return cls(**data)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from None
 
     @classmethod
@@ -157,7 +157,7 @@ def _gpt2(n_layer: int, n_head: int, n_embd: int, ctx: int = 1024, vocab: int = 
 
 
 # Published shapes: GPT-2 [@radford2019gpt2], GPT-3 [@brown2020gpt3], LLaMA [@touvron2023llama],
-# Llama 2 [@touvron2023llama2], Llama 3 [@grattafiori2024llama3].
+# Llama 2 [@touvron2023llama2], Llama 3 [@grattafiori2024llama3], TinyLlama [@zhang2024tinyllama].
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-124m": _gpt2(12, 12, 768),
     "gpt2-350m": _gpt2(24, 16, 1024),
@@ -171,6 +171,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama2-70b": _llama(80, 64, 8192, 32000, 4096, n_kv_head=8, mlp_hidden=28672),
     "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336),
     "llama3-70b": _llama(80, 64, 8192, 128256, 8192, n_kv_head=8, mlp_hidden=28672),
-    # A ~1B Llama-style shape for single-GPU experiments (not a published model).
-    "llama-1b": _llama(16, 32, 2048, 32000, 2048, n_kv_head=8, mlp_hidden=5632),
+    # TinyLlama's 1.1B shape [@zhang2024tinyllama]: the book's ~1B model for single-GPU experiments.
+    "llama-1b": _llama(22, 32, 2048, 32000, 2048, n_kv_head=4, mlp_hidden=5632),
 }
