@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from llmbook.kernels import attention
+from llmbook.kernels import attention, naive_attention
 from llmbook.model.config import GPTConfig
 
 
@@ -80,6 +80,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.weights: Tensor | None = None  # set by GPT.attention_weights, for plotting
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, bias: Tensor | None,
                 mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
@@ -93,7 +94,10 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cfg = self.config
         impl = "naive" if cfg.pos_emb == "alibi" else cfg.attn_impl
-        if cache is None:
+        if self.weights is not None:  # GPT.attention_weights asked for the probabilities
+            y, self.weights = naive_attention(q, k, v, cfg.causal, None, cfg.sliding_window, None, bias,
+                                              return_weights=True)
+        elif cache is None:
             y = attention(q, k, v, causal=cfg.causal, impl=impl, window=cfg.sliding_window, bias=bias)
         else:  # incremental decoding: causality, padding and window all come from positions in `mask`
             k, v = cache.append(layer, k, v)
@@ -248,6 +252,19 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
+    @torch.no_grad()
+    def attention_weights(self, idx: Tensor) -> list[Tensor]:
+        """The attention probabilities (B, H, T, T) of every layer for token ids idx, computed with the naive kernel."""
+        attns = [block.attn for block in self.blocks]
+        for a in attns:
+            a.weights = torch.empty(0)
+        try:
+            self(idx)
+            return [a.weights for a in attns]
+        finally:
+            for a in attns:
+                a.weights = None
+
     def forward_cached(self, idx: Tensor, cache: KVCache, valid: Tensor | None = None) -> Tensor:
         """Logits for new tokens idx (B, T) given the cache of earlier ones; updates the cache (@sec-architecture-kvcache).
 
@@ -357,3 +374,20 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
     idx = torch.tensor([[pad_id] * (t - len(p)) + list(p) for p in prompts], dtype=torch.long)
     mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
     return idx, mask
+
+
+def mask_tokens(idx: Tensor, mask_id: int, vocab_size: int, prob: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT's masked-LM corruption [@devlin2019bert] for an encoder (`causal=False`) (@sec-architecture-families).
+
+    Each token is chosen with probability `prob`; a chosen token becomes `mask_id` 80% of the time, a random
+    token 10%, and stays 10%. Returns (inputs, targets) with targets -100 except at chosen positions.
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    chosen = torch.rand(idx.shape, generator=generator, device=idx.device) < prob
+    how = torch.rand(idx.shape, generator=generator, device=idx.device)
+    random_tokens = torch.randint(0, vocab_size, idx.shape, generator=generator, device=idx.device)
+    inputs = torch.where(chosen & (how < 0.8), mask_id, idx)
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_tokens, inputs)
+    return inputs, torch.where(chosen, idx, -100)
