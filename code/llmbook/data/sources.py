@@ -1,0 +1,274 @@
+"""Corpus sources: stream documents as records `{"id", "text", "source", ...}` from files or datasets (@sec-data-sources).
+
+Everything here is a generator, so a corpus larger than memory streams through. Readers that meet a bad record
+either raise ValueError naming the file and line, or, when given a `skips` Counter, count the reason and go on:
+a record is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+Record = dict[str, Any]
+
+# How a plain-text file is cut into documents.
+SEPARATORS = ("line", "paragraph", "story", "wikitext", "file")
+
+# Corpora of the shared data folder: relative path and separator rule.
+NAMED: dict[str, tuple[str, str]] = {
+    "tinyshakespeare": ("tinyshakespeare/input.txt", "paragraph"),
+    "tinystories": ("tinystories/tinystories_train_sample.txt", "story"),
+    "tinystories-valid": ("tinystories/tinystories_valid_sample.txt", "paragraph"),
+    "wikitext2": ("wikitext-2/valid.txt", "wikitext"),
+    "gutenberg": ("gutenberg/gutenberg_en.txt.xz", "manifest"),
+}
+
+# The same corpora (and a web sample) on the Hugging Face hub, for readers online: (path, config, split, text field).
+HUB: dict[str, tuple[str, str | None, str, str]] = {
+    "tinystories": ("roneneldan/TinyStories", None, "train", "text"),
+    "tinystories-valid": ("roneneldan/TinyStories", None, "validation", "text"),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text"),
+    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text"),
+}
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def data_dir() -> Path | None:
+    """The local data folder from the `LLMBOOK_DATA` environment variable, or None when unset or missing."""
+    value = os.environ.get("LLMBOOK_DATA")
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """Open a (possibly .gz/.xz compressed) file as text, keeping undecodable bytes as surrogate escapes."""
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _record(source: str, index: int, text: str, **extra: Any) -> Record:
+    """A record; `encoding_errors` counts bytes that were not valid UTF-8 (kept as escapes for filters to repair)."""
+    bad = sum(1 for ch in text if "\udc80" <= ch <= "\udcff")
+    rec = {"id": f"{source}:{index}", "text": text, "source": source, **extra}
+    if bad:
+        rec["encoding_errors"] = bad
+    return rec
+
+
+def split_documents(lines: Iterable[str], separator: str) -> Iterator[str]:
+    """Group lines (with their newlines) into documents by a separator rule.
+
+    `line`: every non-blank line. `paragraph`: blocks separated by blank lines. `story`: paragraphs are separated
+    by a blank line and documents by a bare line break (TinyStories train). `wikitext`: a line ` = Title = `
+    starts an article. `file`: the whole input. Leading and trailing blank lines of a document are dropped.
+    """
+    if separator not in SEPARATORS:
+        raise ValueError(f"separator must be one of {SEPARATORS}, got {separator!r}")
+    doc: list[str] = []
+    prev_blank = True
+
+    def flush() -> Iterator[str]:
+        text = "".join(doc).rstrip()
+        doc.clear()
+        if text.strip():
+            yield text
+
+    for line in lines:
+        blank = not line.strip()
+        if separator == "line":
+            if not blank:
+                yield line.rstrip("\r\n")
+            continue
+        if separator == "paragraph" and blank:
+            yield from flush()
+        elif separator == "story" and not blank and not prev_blank and doc:
+            yield from flush()
+        elif separator == "wikitext" and _WIKITEXT_TITLE.match(line.rstrip("\r\n")):
+            yield from flush()
+        if not (blank and not doc):
+            doc.append(line)
+        prev_blank = blank
+    yield from flush()
+
+
+def read_text(path: str | Path, separator: str = "paragraph", source: str | None = None) -> Iterator[Record]:
+    """Stream documents from a plain-text file (optionally .gz/.xz) cut by `separator` (@sec-data-sources)."""
+    path = _existing(path)
+    source = source or path.name.split(".")[0]
+    with _open_text(path) as f:
+        for i, text in enumerate(split_documents(f, separator)):
+            yield _record(source, i, text)
+
+
+def read_jsonl(
+    path: str | Path, text_field: str = "text", source: str | None = None, skips: Counter | None = None
+) -> Iterator[Record]:
+    """Stream records from JSON Lines; other fields are kept. Bad lines raise, or are counted in `skips`."""
+    path = _existing(path)
+    source = source or path.name.split(".")[0]
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            reason = None
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj, reason = None, "invalid_json"
+            if reason is None and not isinstance(obj, dict):
+                reason = "not_an_object"
+            elif reason is None and not isinstance(obj.get(text_field), str):
+                reason = f"no_{text_field}_string"
+            if reason:
+                if skips is None:
+                    raise ValueError(f"{path}:{lineno}: {reason.replace('_', ' ')} (field {text_field!r})")
+                skips[reason] += 1
+                continue
+            extra = {k: v for k, v in obj.items() if k not in ("text", text_field, "source")}
+            extra.pop("id", None)
+            rec = _record(str(obj.get("source", source)), lineno - 1, obj[text_field], **extra)
+            if "id" in obj:
+                rec["id"] = str(obj["id"])
+            yield rec
+
+
+def read_parquet(path: str | Path, text_field: str = "text", source: str | None = None, batch_size: int = 1024) -> Iterator[Record]:
+    """Stream records from a Parquet file batch by batch (only the row groups being read are in memory)."""
+    import pyarrow.parquet as pq
+
+    path = _existing(path)
+    source = source or path.name.split(".")[0]
+    pf = pq.ParquetFile(path)
+    if text_field not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names})")
+    index = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            text = row.pop(text_field)
+            if isinstance(text, str):
+                yield _record(source, index, text, **{k: v for k, v in row.items() if k not in ("id", "source")})
+            index += 1
+
+
+def read_gutenberg(root: Path) -> Iterator[Record]:
+    """Stream the Gutenberg books one by one, cut exactly at the byte offsets of `manifest.tsv`."""
+    manifest = root / "gutenberg" / "manifest.tsv"
+    corpus = _existing(root / "gutenberg" / "gutenberg_en.txt.xz")
+    with open(_existing(manifest), encoding="utf-8", newline="") as f:
+        books = list(csv.DictReader(f, delimiter="\t"))
+    with lzma.open(corpus, "rb") as f:
+        position = 0
+        for book in books:
+            offset, length = int(book["byte_offset"]), int(book["byte_length"])
+            f.read(offset - position)
+            text = f.read(length).decode("utf-8", "surrogateescape")
+            position = offset + length
+            yield _record("gutenberg", int(book["pg_id"]), text, title=book["title"], author=book["author"])
+
+
+def read_hf(
+    path: str, name: str | None = None, split: str = "train", text_field: str = "text", source: str | None = None
+) -> Iterator[Record]:
+    """Stream a Hugging Face `datasets` dataset (hub name or local data files); needs network for hub names."""
+    import datasets
+
+    ds = datasets.load_dataset(path, name, split=split, streaming=True)
+    source = source or path.split("/")[-1].lower()
+    for i, row in enumerate(ds):
+        text = row.get(text_field)
+        if isinstance(text, str):
+            yield _record(source, i, text)
+
+
+def load_corpus(name_or_path: str | Path, separator: str | None = None, text_field: str = "text",
+                skips: Counter | None = None) -> Iterator[Record]:
+    """Stream a corpus by name (local `LLMBOOK_DATA` copy first, else the hub) or by file path (@sec-data-sources).
+
+    Files are read by extension: `.jsonl`/`.json` (JSON Lines), `.parquet`, anything else as plain text
+    (optionally `.gz`/`.xz` compressed) cut by `separator` (default `paragraph`).
+    """
+    key = str(name_or_path)
+    root = data_dir()
+    if key in NAMED:
+        rel, rule = NAMED[key]
+        if root is not None and (root / rel).is_file():
+            if rule == "manifest":
+                return read_gutenberg(root)
+            return read_text(root / rel, separator or rule, source=key)
+        if key in HUB:
+            path, config, split, field = HUB[key]
+            return read_hf(path, config, split, field, source=key)
+        raise FileNotFoundError(f"corpus {key!r} needs the data folder: set LLMBOOK_DATA to it")
+    if key in HUB:
+        path, config, split, field = HUB[key]
+        return read_hf(path, config, split, field, source=key)
+    path = Path(key)
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: no such file, and not a corpus name ({sorted(set(NAMED) | set(HUB))})")
+    suffixes = "".join(path.suffixes[-2:])
+    if path.suffix in (".jsonl", ".json") or suffixes in (".jsonl.gz", ".jsonl.xz"):
+        return read_jsonl(path, text_field, skips=skips)
+    if path.suffix == ".parquet":
+        return read_parquet(path, text_field)
+    return read_text(path, separator or "paragraph")
+
+
+def mixture(
+    streams: Mapping[str, Iterable[Record] | Callable[[], Iterable[Record]]],
+    weights: Mapping[str, float],
+    seed: int = 0,
+    max_docs: int | None = None,
+    exhausted: str = "drop",
+) -> Iterator[Record]:
+    """Interleave sources at random in proportion to `weights`, deterministically for a seed (@sec-data-sources).
+
+    A stream may be a callable returning a fresh iterable, which lets `exhausted="restart"` repeat (up-sample)
+    a small source; with `"drop"` a finished source leaves the mixture and the others are renormalised.
+    """
+    if set(weights) != set(streams):
+        raise ValueError(f"weights name {sorted(weights)} but streams are {sorted(streams)}")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {dict(weights)}")
+    if exhausted not in ("drop", "restart"):
+        raise ValueError(f"exhausted must be 'drop' or 'restart', got {exhausted!r}")
+    names = [n for n in sorted(streams) if weights[n] > 0]
+    factories = {n: streams[n] if callable(streams[n]) else (lambda s=streams[n]: s) for n in names}
+    iters = {n: iter(factories[n]()) for n in names}
+    rng = np.random.default_rng(seed)
+    emitted = 0
+    while names and (max_docs is None or emitted < max_docs):
+        p = np.array([weights[n] for n in names], dtype=float)
+        name = names[int(rng.choice(len(names), p=p / p.sum()))]
+        try:
+            rec = next(iters[name])
+        except StopIteration:
+            if exhausted == "restart" and callable(streams[name]):
+                iters[name] = iter(factories[name]())
+                rec = next(iters[name], None)
+                if rec is None:
+                    names.remove(name)
+                    continue
+            else:
+                names.remove(name)
+                continue
+        emitted += 1
+        yield rec
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path

@@ -1,0 +1,65 @@
+"""PII redaction: precision and recall on a hand-labelled set of positive and tricky negative cases."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from llmbook.data.pii import PLACEHOLDERS, find_pii, iban_valid, luhn_valid, redact
+
+CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "pii_cases.jsonl").read_text().splitlines()]
+
+
+def test_the_labelled_set_is_large_and_balanced():
+    assert len(CASES) >= 200
+    positives = sum(1 for c in CASES if c["pii"])
+    assert positives >= 90 and len(CASES) - positives >= 90
+    types = Counter(t for c in CASES for t, _ in c["pii"])
+    assert set(types) == set(PLACEHOLDERS) and min(types.values()) >= 15
+
+
+def score(cases):
+    tp = fp = fn = 0
+    for c in cases:
+        expected = {tuple(p) for p in c["pii"]}
+        found = {(m.type, m.text) for m in find_pii(c["text"])}
+        tp, fp, fn = tp + len(expected & found), fp + len(found - expected), fn + len(expected - found)
+    return tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+
+
+def test_precision_and_recall_overall():
+    # Entity level: a detection counts only with the right type and the exact span.
+    precision, recall = score(CASES)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+
+
+@pytest.mark.parametrize("kind", sorted(PLACEHOLDERS))
+def test_recall_per_type(kind):
+    cases = [{"text": c["text"], "pii": [p for p in c["pii"] if p[0] == kind]} for c in CASES if any(p[0] == kind for p in c["pii"])]
+    found = sum(len({tuple(p) for p in c["pii"]} & {(m.type, m.text) for m in find_pii(c["text"])}) for c in cases)
+    assert found / sum(len(c["pii"]) for c in cases) >= 0.9
+
+
+def test_tricky_negatives_are_left_alone():
+    negatives = [c["text"] for c in CASES if not c["pii"]]
+    flagged = [t for t in negatives if find_pii(t)]
+    assert len(flagged) <= 0.05 * len(negatives), flagged
+
+
+def test_redact_replaces_spans_with_typed_placeholders():
+    text = "Mail jane@example.com or call +1 415 555 0199; card 4111 1111 1111 1111; host 10.0.0.1; IBAN DE89370400440532013000."
+    out, counts = redact(text)
+    assert out == "Mail <EMAIL> or call <PHONE>; card <CREDIT_CARD>; host <IP_ADDRESS>; IBAN <IBAN>."
+    assert counts == Counter({"EMAIL": 1, "PHONE": 1, "CREDIT_CARD": 1, "IP_ADDRESS": 1, "IBAN": 1})
+    for c in CASES:
+        redacted, _ = redact(c["text"])
+        assert not any(value in redacted for _, value in c["pii"])
+    assert redact("nothing here") == ("nothing here", Counter())
+
+
+def test_checksums():
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB82 WEST 1234 5698 7654 33")

@@ -1,0 +1,100 @@
+"""Sources: separator rules, JSONL/Parquet readers with counted skips, named corpora and the seeded mixture."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from collections import Counter
+
+import pytest
+
+from llmbook.data.sources import load_corpus, mixture, read_jsonl, read_parquet, read_text, split_documents
+
+TEXT = "First para\nline two\n\n\nSecond para\n\nThird\nstory two starts\n"
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("line", ["First para", "line two", "Second para", "Third", "story two starts"]),
+        ("paragraph", ["First para\nline two", "Second para", "Third\nstory two starts"]),
+        ("story", ["First para", "line two\n\n\nSecond para\n\nThird", "story two starts"]),
+        ("file", ["First para\nline two\n\n\nSecond para\n\nThird\nstory two starts"]),
+    ],
+)
+def test_separator_rules(rule, expected):
+    assert list(split_documents(TEXT.splitlines(keepends=True), rule)) == expected
+
+
+def test_wikitext_rule_starts_an_article_at_each_title():
+    lines = [" \n", " = A = \n", " \n", " text a \n", " = = Sub = = \n", " more a \n", " = B = \n", " text b \n"]
+    docs = list(split_documents(lines, "wikitext"))
+    assert len(docs) == 2 and docs[0].startswith(" = A =") and "Sub" in docs[0] and docs[1].startswith(" = B =")
+    with pytest.raises(ValueError, match="separator"):
+        list(split_documents(lines, "nope"))
+
+
+def test_read_text_compressed_and_bad_bytes(tmp_path):
+    path = tmp_path / "c.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"caf\xc3\xa9\n\nbad \xff byte\n")
+    recs = list(read_text(path))
+    assert [r["text"] for r in recs][0] == "café"
+    assert recs[1]["encoding_errors"] == 1 and recs[1]["id"] == "c:1" and recs[1]["source"] == "c"
+
+
+def test_jsonl_bad_lines_raise_or_are_counted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = ['{"text": "ok", "lang": "en"}', "not json", "[1, 2]", '{"body": "x"}', '{"text": 3}', "", '{"text": "ok2", "id": "z"}']
+    path.write_text("\n".join(lines))
+    skips = Counter()
+    recs = list(read_jsonl(path, skips=skips))
+    assert [r["text"] for r in recs] == ["ok", "ok2"] and recs[0]["lang"] == "en" and recs[1]["id"] == "z"
+    assert skips == Counter({"invalid_json": 1, "not_an_object": 1, "no_text_string": 2})
+    with pytest.raises(ValueError, match=r"d.jsonl:2: invalid json"):
+        list(read_jsonl(path))
+
+
+def test_parquet_streams_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b", None], "n": [1, 2, 3]}), tmp_path / "p.parquet", row_group_size=2)
+    recs = list(read_parquet(tmp_path / "p.parquet", batch_size=1))
+    assert [(r["text"], r["n"]) for r in recs] == [("a", 1), ("b", 2)]
+    with pytest.raises(ValueError, match="no column"):
+        list(read_parquet(tmp_path / "p.parquet", text_field="body"))
+
+
+def test_load_corpus_by_path_and_errors(tmp_path):
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
+    assert [r["text"] for r in load_corpus(tmp_path / "x.jsonl")] == ["hi"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_corpus(tmp_path / "missing.txt")
+
+
+def test_named_corpora(data_dir):
+    stories = list(load_corpus("tinystories"))
+    assert len(stories) > 1000 and all(r["source"] == "tinystories" for r in stories)
+    assert stories[0]["text"].startswith("One day, a little girl named Lily") and stories[1]["text"].startswith("Once upon")
+    wiki = list(load_corpus("wikitext2"))
+    assert wiki[0]["text"].startswith(" = Homarus gammarus =")
+    books = list(itertools.islice(load_corpus("gutenberg"), 2))
+    assert books[0]["title"].startswith("Alice") and books[0]["id"] == "gutenberg:11" and len(books[0]["text"]) > 100_000
+
+
+def test_mixture_is_seeded_and_weighted():
+    streams = {"a": lambda: ({"text": f"a{i}", "source": "a"} for i in range(10_000)),
+               "b": lambda: ({"text": f"b{i}", "source": "b"} for i in range(10_000))}
+    first = [r["text"] for r in mixture(streams, {"a": 3, "b": 1}, seed=1, max_docs=2000)]
+    again = [r["text"] for r in mixture(streams, {"a": 3, "b": 1}, seed=1, max_docs=2000)]
+    assert first == again
+    share = sum(t.startswith("a") for t in first) / len(first)
+    assert abs(share - 0.75) < 0.04
+    small = {"a": lambda: iter([{"text": "a"}] * 3), "b": lambda: iter([{"text": "b"}] * 100)}
+    assert len(list(mixture(small, {"a": 1, "b": 1}, seed=0))) == 103  # "drop": all of both, a runs out first
+    restarted = list(mixture(small, {"a": 1, "b": 1}, seed=0, exhausted="restart", max_docs=150))
+    assert sum(r["text"] == "a" for r in restarted) > 50  # the small source is up-sampled
+    with pytest.raises(ValueError, match="weights"):
+        list(mixture(small, {"a": 1}))
