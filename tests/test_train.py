@@ -252,3 +252,36 @@ def test_sigkill_during_run_and_during_checkpoint_write(tmp_path, shards):
     a, b = final_weights(run), final_weights(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(root.glob("*.tmp"))
+
+
+def test_cli_train_generate_export(tmp_path, capsys):
+    """`llmbook train/generate/export` end to end; the export loads in transformers with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from llmbook.cli import main
+    from llmbook.data.pack import write_shards
+    from llmbook.tokenizer import train_hf_tokenizer
+    from llmbook.train.generate import load_model
+    from train_fixtures import synthetic_texts
+
+    texts = synthetic_texts()
+    tok = train_hf_tokenizer(texts, 300, special_tokens=("<|endoftext|>",))
+    shards = tmp_path / "shards"
+    write_shards(texts, lambda t: tok.encode(t).ids, shards, eos_id=tok.token_to_id("<|endoftext|>"),
+                 vocab_size=tok.get_vocab_size(), val_fraction=0.1, progress=False)
+    tok.save(str(shards / "tokenizer.json"))
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(config_text(shards, model={"vocab_size": tok.get_vocab_size()}, train={"steps": 4}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--optim.lr=1e-2", "--train.eval_every=0"]) == 0
+    assert read_metrics(run / "metrics.jsonl")[0]["lr"] == pytest.approx(5e-3)  # warmup step 1 of 2 at lr 1e-2
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "the cat", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("the cat")
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    ours, _, _ = load_model(run)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.tensor([tok.encode("the dog sat on a mat").ids])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2  # refuses to overwrite without --resume
+    assert "already holds checkpoints" in capsys.readouterr().err

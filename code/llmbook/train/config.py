@@ -16,7 +16,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 ON_BAD_STEP = ("skip", "stop")
-DATASETS = ("tinystories", "gutenberg")
 
 
 def _positive(section: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -37,7 +36,7 @@ def _choice(section: str, name: str, value: Any, allowed: tuple[str, ...]) -> No
 class DataConfig:
     """Where the token stream comes from and how it is cut into batches."""
 
-    dataset: str = "tinystories"  # "tinystories" or "gutenberg" (files under $LLMBOOK_DATA)
+    datasets: list[str] = field(default_factory=lambda: ["tinystories"])  # corpus names for llmbook.data.sources
     shard_dir: str = ""  # use these packed shards (with tokenizer.json) instead of preparing `dataset`
     tokenizer_vocab: int = 1024  # vocabulary of the byte-level BPE trained on the corpus
     max_chars: int = 0  # 0: whole corpus; otherwise only the first max_chars characters are used
@@ -49,7 +48,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive("data", self, "tokenizer_vocab", "batch_size", "block_size")
         _positive("data", self, "max_chars", allow_zero=True)
-        _choice("data", "dataset", self.dataset, DATASETS)
+        if not self.datasets or not all(isinstance(d, str) and d for d in self.datasets):
+            raise ValueError(f"[data] datasets must be a non-empty list of corpus names, got {self.datasets!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"[data] val_fraction must be in (0, 1), got {self.val_fraction!r}")
 
@@ -140,6 +140,10 @@ SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
             "checkpoint": CheckpointConfig, "parallel": ParallelConfig}
 
 
+# Preset keys read by other chapters (llmbook.book.preset() returns the whole file); the trainer ignores them.
+OTHER_KEYS = ("description", "eval", "finetune", "serve", "bench")
+
+
 @dataclass
 class RunConfig:
     """A whole run: the model shape (GPTConfig fields) plus one dataclass per TOML table."""
@@ -157,7 +161,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
         """Build and validate a run config, naming the table and field when something is wrong."""
-        unknown = sorted(set(data) - {"model", "description", *SECTIONS})
+        unknown = sorted(set(data) - {"model", *SECTIONS, *OTHER_KEYS})
         if unknown:
             raise ValueError(f"{source}: unknown table(s) {unknown}; known: ['model', {', '.join(map(repr, SECTIONS))}]")
         kwargs: dict[str, Any] = {"model": dict(data.get("model", {}))}

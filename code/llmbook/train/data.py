@@ -1,7 +1,7 @@
 """From a named corpus to packed token shards and rank-sharded loaders for the trainer (@sec-scale-trainer).
 
-The corpus is read from `$LLMBOOK_DATA`, a byte-level BPE is trained on it with `llmbook.tokenizer`, and the
-documents are packed with `llmbook.data.pack`. The result is cached under `$LLMBOOK_CACHE` (default
+The corpora are read with `llmbook.data.sources` (the local `$LLMBOOK_DATA` copy), a byte-level BPE is
+trained on them with `llmbook.tokenizer`, and the documents are packed with `llmbook.data.pack`. The result is cached under `$LLMBOOK_CACHE` (default
 `~/.cache/llmbook`) in a folder named by the settings, so later runs start instantly.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +16,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from llmbook.data.pack import MANIFEST, TokenLoader, file_sha256, write_shards
+from llmbook.data.sources import load_corpus
+from llmbook.train.checkpoint import atomic_write_text
 from llmbook.train.config import DataConfig
 
 EOS = "<|endoftext|>"
-TINYSTORIES = ("tinystories/tinystories_train_sample.txt", "tinystories/tinystories_valid_sample.txt")
-
-
-def data_root() -> Path:
-    """The local copy of the shared data sets, named by the LLMBOOK_DATA environment variable."""
-    root = os.environ.get("LLMBOOK_DATA", "")
-    if not root or not Path(root).is_dir():
-        raise FileNotFoundError("set LLMBOOK_DATA to the folder holding the book's data sets (see the README)")
-    return Path(root)
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -36,29 +28,17 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("LLMBOOK_CACHE", "") or Path.home() / ".cache" / "llmbook")
 
 
-def documents(cfg: DataConfig) -> Iterator[str]:
-    """Documents of the corpus: TinyStories paragraphs, or whole Gutenberg books (cut by the manifest's offsets)."""
-    root, budget = data_root(), cfg.max_chars or None
-    if cfg.dataset == "tinystories":
-        text = "\n\n".join((root / name).read_text(encoding="utf-8") for name in TINYSTORIES)
-        docs = (p.strip() for p in text[:budget].split("\n\n"))
-        yield from (d for d in docs if d)
-        return
-    raw = lzma.decompress((root / "gutenberg" / "gutenberg_en.txt.xz").read_bytes())
-    rows = (root / "gutenberg" / "manifest.tsv").read_text(encoding="utf-8").splitlines()
-    header = rows[0].split("\t")
+def documents(cfg: DataConfig) -> Iterator[dict]:
+    """Records of the configured corpora, one after the other, cut off after `max_chars` characters if set."""
     used = 0
-    for row in rows[1:]:
-        meta = dict(zip(header, row.split("\t")))
-        start, length = int(meta["byte_offset"]), int(meta["byte_length"])
-        book = raw[start:start + length].decode("utf-8")
-        if budget is not None:
-            book = book[: budget - used]
-        used += len(book)
-        if book.strip():
-            yield book
-        if budget is not None and used >= budget:
-            return
+    for name in cfg.datasets:
+        for record in load_corpus(name):
+            if cfg.max_chars:
+                record = {**record, "text": record["text"][: cfg.max_chars - used]}
+            used += len(record["text"])
+            yield record
+            if cfg.max_chars and used >= cfg.max_chars:
+                return
 
 
 def prepare(cfg: DataConfig, progress: bool = False) -> Path:
@@ -70,13 +50,13 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
         return path
     from llmbook.tokenizer import train_hf_tokenizer
 
-    key = json.dumps([cfg.dataset, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction], sort_keys=True)
-    out = cache_root(cfg) / "shards" / f"{cfg.dataset}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = json.dumps([cfg.datasets, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction])
+    out = cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / MANIFEST).is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_hf_tokenizer(documents(cfg), cfg.tokenizer_vocab, special_tokens=(EOS,))
-    tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
+    atomic_write_text(out / "tokenizer.json", tokenizer.to_str())
     write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, out, eos_id=tokenizer.token_to_id(EOS),
                  vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
                  tokenizer_hash=file_sha256(out / "tokenizer.json"), progress=progress)

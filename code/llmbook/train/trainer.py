@@ -277,7 +277,7 @@ class Trainer:
             return None
         from llmbook import costs
 
-        peak = costs.GPUS[self.cfg.train.gpu].peak_bf16 * self.dist.world_size
+        peak = costs.get_gpu(self.cfg.train.gpu).peak_bf16 * self.dist.world_size
         return costs.mfu(tokens_per_s, self.cfg.model_config(), self.cfg.data.block_size, peak)
 
     def fit(self, until: int | None = None) -> list[dict[str, Any]]:
