@@ -8,10 +8,7 @@ parameters 5e-5 absolute after 6 AdamW steps (float sums are reduced in a differ
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,11 @@ from safetensors.torch import load_file
 from llmbook.model import GPT
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import load_config
-from llmbook.train.parallel import cleanup
+from llmbook.train.parallel import cleanup, launch
 from llmbook.train.trainer import Trainer, read_metrics
 from train_fixtures import config_text, make_shards
 
 pytestmark = pytest.mark.xdist_group("distributed")
-ROOT = Path(__file__).resolve().parents[1]
 ONE = ["data.batch_size=8"]  # overrides for world size 1; world size 2 uses the file's micro-batch of 4
 
 
@@ -43,12 +39,7 @@ def setup(tmp_path_factory):
 
 
 def torchrun(cfg: Path, out: Path, nproc: int, *extra: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "code"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "llmbook.train", "--config", str(cfg), "--out", str(out), *extra]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    return launch(str(cfg), str(out), nproc, *extra, timeout=180)
 
 
 def curve(run: Path, key: str = "loss") -> list[tuple[int, float]]:

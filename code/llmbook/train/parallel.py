@@ -117,3 +117,29 @@ def cleanup() -> None:
     """Leave the process group, if any."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def torchrun_command(config: str, out_dir: str, nproc: int, *args: str) -> list[str]:
+    """The command that trains `config` on `nproc` local processes: `torchrun --standalone -m llmbook.train ...`.
+
+    Multi-node runs replace `--standalone` with `--nnodes=N --node_rank=i --rdzv_backend=c10d
+    --rdzv_endpoint=HOST:PORT` on every node (@sec-scale-parallel).
+    """
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "llmbook.train", "--config", str(config), "--out", str(out_dir), *args]
+
+
+def launch(config: str, out_dir: str, nproc: int, *args: str, timeout: float = 600) -> str:
+    """Run `torchrun_command` to completion (one thread per process) and return its output; raise on failure."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(torchrun_command(config, out_dir, nproc, *args), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
