@@ -285,3 +285,21 @@ def test_cli_train_generate_export(tmp_path, capsys):
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2  # refuses to overwrite without --resume
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_measured_memory_matches_costs_model():
+    """Weights, gradients and AdamW state are exact; saved activations within 10% of llmbook.costs (fp32)."""
+    from llmbook import costs
+    from llmbook.train.memory import measure_training_memory, saved_activation_bytes
+    from llmbook.train.trainer import apply_activation_checkpointing
+
+    cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x = torch.randint(0, 512, (4, 64))
+    got = measure_training_memory(model, torch.optim.AdamW(model.parameters()), x, x.roll(-1, 1))
+    want = costs.training_memory(cfg, 4, 64, precision="fp32")
+    assert (got.weights, got.gradients, got.optimizer) == (want.weights, want.gradients, want.optimizer)
+    assert got.activations == pytest.approx(want.activations, rel=0.1)
+    apply_activation_checkpointing(model)
+    assert saved_activation_bytes(model, x, x.roll(-1, 1)) < got.activations / 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -289,8 +290,8 @@ class Trainer:
         cfg, records = self.cfg, []
         stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
         self.module.train()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
-                   **({} if self.dist.is_main else {"disable": True}))
+        quiet = not self.dist.is_main or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step", disable=True if quiet else None)
         tick, tokens_at_tick = time.perf_counter(), self.tokens_seen
         while self.step < stop:
             out = self.train_step()
