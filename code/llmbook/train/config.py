@@ -179,7 +179,10 @@ class RunConfig:
         from llmbook.model.config import GPTConfig
 
         fields = {"block_size": self.data.block_size, "vocab_size": self.data.tokenizer_vocab, **self.model}
-        return GPTConfig.from_dict(fields, source="[model]")
+        cfg = GPTConfig.from_dict(fields, source="[model]")
+        if cfg.block_size < self.data.block_size:
+            raise ValueError(f"[model] block_size={cfg.block_size} is shorter than [data] block_size={self.data.block_size}")
+        return cfg
 
 
 def parse_value(text: str) -> Any:

@@ -106,6 +106,10 @@ class Trainer:
         device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(cfg.parallel.mode, device)
         self.log = log if self.dist.is_main else (lambda msg: None)
+        if cfg.train.gpu:
+            from llmbook.costs import get_gpu
+
+            get_gpu(cfg.train.gpu)  # an unknown name fails now, not at the first log line
         if cfg.parallel.mode == "fsdp" and cfg.train.precision == "fp16":
             raise ValueError("[train] precision='fp16' needs a sharded grad scaler; use 'bf16' with parallel.mode='fsdp'")
         self.out_dir.mkdir(parents=True, exist_ok=True)
