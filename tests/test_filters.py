@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -79,6 +77,15 @@ def test_language_id_on_flores(data_dir):
         lines = (data_dir / "flores200" / f"{lang}.dev").read_text(encoding="utf-8").splitlines()
         accuracy = sum(detect_language(line)[0] == code for line in lines) / len(lines)
         assert accuracy >= 0.95, (lang, accuracy)
+
+
+def test_language_id_scripts():
+    assert detect_language("東京は日本の首都です。ひらがなとカタカナも使います。")[0] == "ja"
+    assert detect_language("北京是中国的首都。")[0] == "zh"
+    assert detect_language("Москва — столица России.")[0] == "ru"
+    assert detect_language("12345 !!! ???") == ("unknown", 0.0)
+    for text in ("東京は日本の首都です。", "abc 東京", "Москва и 東京"):
+        assert 0.0 <= detect_language(text)[1] <= 1.0
 
 
 def test_report_adds_up_and_keeps_examples():

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbook.data.pack import TokenLoader, is_val_document, read_manifest, token_dtype, write_shards
 
@@ -35,6 +37,13 @@ def shards(tmp_path):
     return tmp_path / "shards", docs, manifest
 
 
+@pytest.fixture(scope="module")
+def packed_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    write_shards(corpus(), byte_encode, out, eos_id=EOS, shard_tokens=700, val_fraction=0.1, progress=False)
+    return out
+
+
 def test_dtype_rule():
     assert token_dtype(50257) == np.uint16
     assert token_dtype(65536) == np.uint16
@@ -46,7 +55,8 @@ def test_dtype_rule():
 def test_shards_hold_documents_with_eos_in_order(shards):
     out, docs, manifest = shards
     assert manifest["dtype"] == "uint16"
-    assert manifest["tokenizer_hash"] == "abc"
+    assert manifest["tokenizer_hash"] == "abc" and manifest["max_token_id"] == EOS
+    assert write_shards(["ab"], lambda t: [5, 6], out / "eos0", eos_id=0, progress=False)["dtype"] == "uint16"
     assert manifest["documents"] == len(docs)
     expected = {"train": [], "val": []}
     for i, d in enumerate(docs):
@@ -66,8 +76,10 @@ def test_shards_hold_documents_with_eos_in_order(shards):
 
 
 def test_uint32_when_vocab_is_large(tmp_path):
+    with pytest.raises(ValueError, match="pass vocab_size"):
+        write_shards(["hello"], lambda t: [70000, 1], tmp_path, eos_id=3, progress=False)
     manifest = write_shards(["hello", "world"], lambda t: [70000, 1], tmp_path, eos_id=70001, val_fraction=0.0,
-                            progress=False)
+                            vocab_size=70002, progress=False)
     assert manifest["dtype"] == "uint32"
     assert np.fromfile(tmp_path / "train_00000.bin", dtype=np.uint32).tolist() == [70000, 1, 70001] * 2
 
@@ -75,8 +87,8 @@ def test_uint32_when_vocab_is_large(tmp_path):
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         write_shards(["", ""], byte_encode, tmp_path, eos_id=EOS, progress=False)
-    with pytest.raises(ValueError, match="does not fit"):
-        write_shards(["x"], lambda t: [300], tmp_path, eos_id=EOS, progress=False)
+    with pytest.raises(ValueError, match="does not fit vocab_size 256"):
+        write_shards(["x"], lambda t: [300], tmp_path, eos_id=EOS, vocab_size=256, progress=False)
     with pytest.raises(ValueError, match="'text'"):
         write_shards([{"body": "x"}], byte_encode, tmp_path, eos_id=EOS, progress=False)
     with pytest.raises(FileNotFoundError, match="manifest"):
@@ -166,3 +178,35 @@ def test_val_split_and_too_small(shards):
         TokenLoader(out, 64, 512, split="val")
     with pytest.raises(ValueError, match="rank"):
         TokenLoader(out, 2, 8, rank=2, world_size=2)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 4), block=st.integers(4, 32), world=st.integers(1, 3), stop=st.integers(0, 60),
+       seed=st.integers(0, 3))
+def test_resume_property(packed_dir, batch, block, world, stop, seed):
+    """For any settings and stopping point, every rank resumes with exactly the batches it would have seen."""
+    for rank in range(world):
+        make = lambda: TokenLoader(packed_dir, batch, block, seed=seed, rank=rank, world_size=world)
+        full = make()
+        reference = [full.next_batch()[0] for _ in range(stop + 3)]
+        first = make()
+        for _ in range(stop):
+            first.next_batch()
+        resumed = make()
+        resumed.load_state_dict(first.state_dict())
+        assert all(torch.equal(resumed.next_batch()[0], ref) for ref in reference[stop:])
+
+
+def test_failed_write_leaves_no_manifest(tmp_path):
+    write_shards(["old"], byte_encode, tmp_path, eos_id=EOS, progress=False)
+
+    def explode(text):
+        if text == "bad":
+            raise RuntimeError("tokenizer crashed")
+        return byte_encode(text)
+
+    with pytest.raises(RuntimeError):
+        write_shards(["fine"] * 50 + ["bad"], explode, tmp_path, eos_id=EOS, shard_tokens=16, progress=False)
+    assert not (tmp_path / "manifest.json").exists()  # a directory without a manifest is never loaded
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        TokenLoader(tmp_path, 1, 4)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from llmbook.data.sources import load_corpus, mixture, read_jsonl, read_parquet, read_text, split_documents
+from llmbook.data.sources import load_corpus, mixture, read_hf, read_jsonl, read_parquet, read_text, split_documents
 
 TEXT = "First para\nline two\n\n\nSecond para\n\nThird\nstory two starts\n"
 
@@ -98,3 +98,11 @@ def test_mixture_is_seeded_and_weighted():
     assert sum(r["text"] == "a" for r in restarted) > 50  # the small source is up-sampled
     with pytest.raises(ValueError, match="weights"):
         list(mixture(small, {"a": 1}))
+
+
+def test_hf_datasets_streams_local_files(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"doc {i}", "n": i}) for i in range(5)) + "\n")
+    recs = list(read_hf("json", data_files=str(path), source="local"))
+    assert [r["text"] for r in recs] == [f"doc {i}" for i in range(5)]
+    assert recs[0]["id"] == "local:0" and recs[0]["source"] == "local"

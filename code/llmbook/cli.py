@@ -12,6 +12,8 @@ COMMANDS: dict[str, str] = {
     "train": "llmbook.train.cli",
     "generate": "llmbook.train.generate",
     "export": "llmbook.train.export",
+    "data": "llmbook.data.cli",
+    "tokenizer": "llmbook.tokenizer.cli",
 }
 
 

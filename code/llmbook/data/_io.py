@@ -6,7 +6,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from collections.abc import Iterable
+from typing import IO, Any, Callable
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
@@ -30,3 +31,10 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
 def write_json(path: str | Path, obj: object) -> Path:
     """Write `obj` as indented JSON atomically (@sec-data-pack)."""
     return atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def progress_bar(iterable: Iterable | None = None, progress: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar that `TQDM_DISABLE=1` can silence (passing `disable=False` would override the variable)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))

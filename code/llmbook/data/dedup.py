@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import regex
-from tqdm.auto import tqdm
+from llmbook.data._io import progress_bar
 
 _PUNCT = regex.compile(r"[\p{P}\p{S}]+")
 _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -98,7 +98,7 @@ class MinHashConfig:
     seed: int = 1
     verify: bool = True
     max_bucket: int = 100
-    batch_shingles: int = 1 << 16
+    batch_shingles: int = 4096  # shingles per vectorised block: (4096 x num_perm) uint32 stays in cache
 
     def __post_init__(self) -> None:
         if self.num_perm <= 0:
@@ -158,7 +158,8 @@ def minhash_signatures(texts: Iterable[str], config: MinHashConfig | None = None
         nonempty = lengths > 0
         if nonempty.any():
             hv = _fmix32(np.concatenate(batch))
-            phv = hv[:, None] * a[None, :] + b[None, :]  # uint32 arithmetic wraps: this is the mod 2^32
+            phv = np.multiply(hv[:, None], a[None, :])  # uint32 arithmetic wraps: this is the mod 2^32
+            phv += b[None, :]
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
             sig[nonempty] = np.minimum.reduceat(phv, starts, axis=0)
         out.append(sig)
@@ -166,7 +167,7 @@ def minhash_signatures(texts: Iterable[str], config: MinHashConfig | None = None
         pending = 0
 
     with np.errstate(over="ignore"):
-        for text in tqdm(texts, desc="minhash", unit="doc", disable=not progress):
+        for text in progress_bar(texts, desc="minhash", unit="doc", progress=progress):
             h = shingle_hashes(shingles(text, cfg.ngram))
             batch.append(h)
             pending += len(h)

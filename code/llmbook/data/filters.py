@@ -113,10 +113,10 @@ def detect_language(text: str, sample_chars: int = 4000) -> tuple[str, float]:
     sample = text[:sample_chars]
     latin = len(_LATIN.findall(sample))
     scripts = {code: len(rx.findall(sample)) for code, rx in _SCRIPTS.items()}
+    letters = latin + sum(scripts.values())
     if scripts["ja"]:  # Japanese mixes kana with Han characters
         scripts["ja"] += scripts["zh"]
     code, count = max(scripts.items(), key=lambda kv: kv[1])
-    letters = latin + sum(v for k, v in scripts.items() if k != "ja" or not scripts["ja"])
     if count > latin:
         return code, count / max(letters, 1)
     words = [w.lower() for w in _WORD.findall(sample)]
@@ -131,7 +131,7 @@ def detect_language(text: str, sample_chars: int = 4000) -> tuple[str, float]:
 
 _GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _BULLETS = ("•", "-", "*", "‣", "◦", "·", "–", "—")
-_END_PUNCT = (".", "!", "?", '"', "'", "”", "’", "»", ":", ";", ")")
+END_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", "»", ":", ";", ")")
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def stop_words(doc: Doc, cfg: FilterConfig) -> bool:
 
 def punctuation_lines(doc: Doc, cfg: FilterConfig) -> bool:
     """C4/FineWeb: at least this fraction of lines end in terminal punctuation."""
-    ending = sum(line.endswith(_END_PUNCT) for line in doc.lines)
+    ending = sum(line.endswith(END_PUNCTUATION) for line in doc.lines)
     return ending / max(len(doc.lines), 1) >= cfg.min_punctuation_lines_fraction
 
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from llmbook.data._io import atomic_write, write_json
+from llmbook.data._io import atomic_write, progress_bar, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -103,9 +102,10 @@ def write_shards(
 ) -> dict[str, Any]:
     """Tokenise `texts`, append `eos_id` after each document, write shards and `manifest.json` (@sec-data-pack).
 
-    `texts` yields strings or records with a `"text"` (and optional `"source"`) field. `vocab_size` (default
-    `eos_id + 1`) picks the dtype; an id that does not fit raises ValueError. Empty documents are skipped and
-    counted. Returns the manifest, which is written last, so a directory with a manifest is complete.
+    `texts` yields strings or records with a `"text"` (and optional `"source"`) field. `vocab_size` picks the
+    dtype (uint16 up to 65,536 ids, else uint32) and bounds the ids; without it the shards are uint16 and an
+    id above 65,535 raises ValueError asking for it. Empty documents are skipped and counted. Returns the
+    manifest, which is written last, so a directory with a manifest is complete.
     """
     if shard_tokens <= 0:
         raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
@@ -113,11 +113,13 @@ def write_shards(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if eos_id < 0:
         raise ValueError(f"eos_id must be non-negative, got {eos_id}")
-    vocab_size = eos_id + 1 if vocab_size is None else vocab_size
-    if eos_id >= vocab_size:
+    if vocab_size is not None and eos_id >= vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary of size {vocab_size}")
-    dtype = token_dtype(vocab_size)
-    limit = np.iinfo(dtype).max
+    bound = vocab_size if vocab_size is not None else 2**16  # every id must be < bound
+    dtype = token_dtype(bound)
+    if eos_id >= bound:
+        raise ValueError(f"eos_id {eos_id} does not fit uint16 shards: pass vocab_size")
+    max_id = eos_id
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
@@ -127,7 +129,7 @@ def write_shards(
     writers = {split: _ShardWriter(out, split, dtype, shard_tokens) for split in SPLITS}
     sources: dict[str, dict[str, int]] = {}
     n_docs = skipped_empty = 0
-    for item in tqdm(texts, desc="tokenize", unit="doc", disable=not progress):
+    for item in progress_bar(texts, desc="tokenize", unit="doc", progress=progress):
         if isinstance(item, str):
             text, source = item, "unknown"
         elif isinstance(item, Mapping) and isinstance(item.get("text"), str):
@@ -138,9 +140,12 @@ def write_shards(
             skipped_empty += 1
             continue
         ids = np.asarray(encode(text), dtype=np.int64)
-        if len(ids) and (ids.min() < 0 or ids.max() > limit or ids.max() >= vocab_size):
-            bad = int(ids.max()) if ids.max() >= vocab_size else int(ids.min())
-            raise ValueError(f"token id {bad} does not fit vocab_size {vocab_size} ({dtype.name} shards)")
+        if len(ids) and (ids.min() < 0 or ids.max() >= bound):
+            bad = int(ids.max()) if ids.max() >= bound else int(ids.min())
+            hint = f"vocab_size {vocab_size}" if vocab_size is not None else "uint16 shards: pass vocab_size"
+            raise ValueError(f"token id {bad} does not fit {hint}")
+        if len(ids):
+            max_id = max(max_id, int(ids.max()))
         ids = np.append(ids, eos_id).astype(dtype)
         split = "val" if is_val_document(n_docs, val_fraction) else "train"
         writers[split].add(ids)
@@ -162,7 +167,8 @@ def write_shards(
         "format_version": FORMAT_VERSION,
         "dtype": dtype.name,
         "eos_id": int(eos_id),
-        "vocab_size": int(vocab_size),
+        "vocab_size": vocab_size,
+        "max_token_id": max_id,
         "tokenizer_hash": tokenizer_hash,
         "shard_tokens": int(shard_tokens),
         "val_fraction": float(val_fraction),
@@ -283,7 +289,7 @@ class TokenLoader:
         data = torch.from_numpy(rows)
         return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate batches forever (epochs roll over); stop with `itertools.islice` or a step budget."""
         while True:
             yield self.next_batch()

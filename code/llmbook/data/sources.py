@@ -179,12 +179,14 @@ def read_gutenberg(root: Path) -> Iterator[Record]:
 
 
 def read_hf(
-    path: str, name: str | None = None, split: str = "train", text_field: str = "text", source: str | None = None
+    path: str, name: str | None = None, split: str = "train", text_field: str = "text", source: str | None = None,
+    data_files: str | list[str] | None = None,
 ) -> Iterator[Record]:
-    """Stream a Hugging Face `datasets` dataset (hub name or local data files); needs network for hub names."""
+    """Stream a Hugging Face `datasets` dataset: a hub name (needs network) or a builder such as "json" or
+    "parquet" with local `data_files`."""
     import datasets
 
-    ds = datasets.load_dataset(path, name, split=split, streaming=True)
+    ds = datasets.load_dataset(path, name, split=split, streaming=True, data_files=data_files)
     source = source or path.split("/")[-1].lower()
     for i, row in enumerate(ds):
         text = row.get(text_field)
@@ -223,6 +225,17 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
     if path.suffix == ".parquet":
         return read_parquet(path, text_field)
     return read_text(path, separator or "paragraph")
+
+
+def load_inputs(inputs: Iterable[str | Path], separator: str | None = None, text_field: str = "text",
+                skips: Counter | None = None) -> Iterator[Record]:
+    """Chain several corpora (names or paths); every missing one fails before any is read."""
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("no input given")
+    streams = [load_corpus(i, separator, text_field, skips) for i in inputs]
+    for stream in streams:
+        yield from stream
 
 
 def mixture(

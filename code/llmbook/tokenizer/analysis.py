@@ -36,8 +36,10 @@ def compression_curve(bpe, texts: Sequence[str], vocab_sizes: Sequence[int]) -> 
     """
     rows = []
     for size in sorted(vocab_sizes):
-        # smallest prefix of merges whose vocabulary (without specials) reaches `size`
-        n_merges = next((k + 1 for k, i in enumerate(bpe.merge_ids) if i + 1 >= size), len(bpe.merges)) if size > 256 else 0
+        # the shortest prefix of merges whose vocabulary (without specials) reaches `size`
+        n_merges = 0
+        if size > 256:
+            n_merges = next((k + 1 for k, i in enumerate(bpe.merge_ids) if i + 1 >= size), len(bpe.merges))
         tok = bpe.truncated(n_merges)
         rows.append({"vocab_size": tok.n_regular, "bytes_per_token": bytes_per_token(tok, texts)})
     return rows

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import regex
-from tqdm.auto import tqdm
 
-from llmbook.data._io import atomic_write
+from llmbook.data._io import atomic_write, progress_bar
 from llmbook.tokenizer.pretokenize import compiled, resolve_pattern
 
 Pair = tuple[int, int]
@@ -142,7 +141,7 @@ class BPETokenizer:
         merges, merge_counts = [], []
         vocab = {i: bytes([i]) for i in range(256)}
         ids = {v: i for i, v in vocab.items()}
-        bar = tqdm(total=n_new, desc="bpe merges", disable=not progress)
+        bar = progress_bar(None, total=n_new, desc="bpe merges", progress=progress)
         while len(vocab) < 256 + n_new and heap:
             neg, a, b = heapq.heappop(heap)
             pair = (a, b)
@@ -216,7 +215,12 @@ class BPETokenizer:
 
     def encode(self, text: str, allowed_special: Literal["all", "none"] | set[str] = "none") -> list[int]:
         """Token ids of `text`. Special-token strings become their ids only when allowed, else they are plain text."""
-        allowed = set(self.special_tokens) if allowed_special == "all" else set() if allowed_special == "none" else set(allowed_special)
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+        elif allowed_special == "none":
+            allowed = set()
+        else:
+            allowed = set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
             raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")

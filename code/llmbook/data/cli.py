@@ -1,0 +1,132 @@
+"""`llmbook data prepare` (curate a corpus) and `llmbook data tokenize` (pack it into token shards) (@sec-data-pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+from llmbook.data._io import atomic_write, write_json
+from llmbook.data.dedup import MinHashConfig
+from llmbook.data.filters import FilterConfig
+from llmbook.data.pack import file_sha256, write_shards
+from llmbook.data.pipeline import DEDUP_METHODS, prepare
+from llmbook.data.sources import SEPARATORS, load_inputs
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", required=True,
+                   help="corpus name (tinystories, wikitext2, ...) or file (.txt[.gz|.xz], .jsonl, .parquet); repeatable")
+    p.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text (default text)")
+    p.add_argument("--separator", choices=SEPARATORS, help="how plain text splits into documents (default paragraph)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="curate corpora and pack them into token shards",
+                              description="Curate text corpora (prepare) and tokenize them into shards (tokenize).")
+    sub = p.add_subparsers(dest="data_command", metavar="{prepare,tokenize}", required=True)
+
+    prep = sub.add_parser("prepare", help="clean, filter, deduplicate and redact; writes curated.jsonl + report.json")
+    _add_input_args(prep)
+    prep.add_argument("--out", required=True, help="output folder")
+    prep.add_argument("--filters", default="default", help="'default' (all), 'none', or comma-separated filter names")
+    prep.add_argument("--min-words", type=int, help="override FilterConfig.min_words")
+    prep.add_argument("--languages", help="comma-separated language codes to keep (default en)")
+    prep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override any FilterConfig threshold, e.g. --set max_words=1000000 (repeatable)")
+    prep.add_argument("--dedup", default="exact,minhash", help="comma-separated subset of exact,minhash, or none")
+    prep.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold (default 0.8)")
+    prep.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    prep.add_argument("--pii", action="store_true", help="redact e-mails, phones, IPs, card numbers and IBANs")
+    prep.set_defaults(func=run_prepare)
+
+    tok = sub.add_parser("tokenize", help="tokenize documents into uint16/uint32 shards with a manifest")
+    _add_input_args(tok)
+    tok.add_argument("--tokenizer", required=True, help="tokenizer.json (from `llmbook tokenizer train`)")
+    tok.add_argument("--out", required=True, help="shard folder")
+    tok.add_argument("--eos", default="<|endoftext|>", help="end-of-text token appended after each document")
+    tok.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (default 16M)")
+    tok.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
+    tok.set_defaults(func=run_tokenize)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`FIELD=VALUE` strings -> FilterConfig overrides, each value parsed as the type of the field's default."""
+    defaults = {f.name: f.default for f in fields(FilterConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+        default = defaults[name]
+        try:
+            if isinstance(default, tuple) and all(isinstance(v, str) for v in default):
+                out[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif isinstance(default, (int, float)):
+                out[name] = type(default)(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--set {item!r}: cannot use {value!r} for {name} (default {default!r})") from None
+    return out
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    dedup = [] if args.dedup == "none" else [d.strip() for d in args.dedup.split(",") if d.strip()]
+    bad = [d for d in dedup if d not in DEDUP_METHODS]
+    if bad:
+        raise ValueError(f"--dedup: unknown methods {bad}; choose from {', '.join(DEDUP_METHODS)} or none")
+    overrides = {}
+    if args.min_words is not None:
+        overrides["min_words"] = args.min_words
+    if args.languages:
+        overrides["languages"] = tuple(x.strip() for x in args.languages.split(","))
+    overrides.update(parse_overrides(args.set))
+    skipped: Counter = Counter()
+    records = load_inputs(args.input, args.separator, args.text_field, skipped)
+    kept, report = prepare(records, filters=args.filters, filter_config=FilterConfig(**overrides), dedup=dedup,
+                           minhash=MinHashConfig(num_perm=args.num_perm, threshold=args.threshold), pii=args.pii,
+                           skipped=skipped)
+    out = Path(args.out)
+    report["inputs"] = [str(i) for i in args.input]
+    atomic_write(out / "curated.jsonl",
+                 lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    write_json(out / "report.json", report)
+    removed = ", ".join(f"{k} {v}" for k, v in report["removed"].items())
+    print(f"input {report['input_documents']} documents -> kept {report['kept_documents']} (removed: {removed})")
+    print(f"wrote {out / 'curated.jsonl'} and {out / 'report.json'}")
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    from llmbook.tokenizer.hf import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(args.tokenizer)
+    eos = tok.token_to_id(args.eos)
+    if eos is None:
+        raise ValueError(f"the tokenizer has no token {args.eos!r} to use as EOS (pass --eos)")
+    skipped: Counter = Counter()
+    records = load_inputs(args.input, args.separator, args.text_field, skipped)
+    literal_eos = 0
+
+    def encode(text: str) -> list[int]:
+        # `tokenizers` always matches added tokens, so a literal EOS string in a document becomes the EOS id:
+        # count such documents so the manifest shows it.
+        nonlocal literal_eos
+        literal_eos += args.eos in text
+        return tok.encode(text, add_special_tokens=False).ids
+
+    manifest = write_shards(records, encode, args.out, eos_id=eos,
+                            shard_tokens=args.shard_tokens, tokenizer_hash=file_sha256(args.tokenizer),
+                            vocab_size=tok.get_vocab_size(), val_fraction=args.val_fraction)
+    if skipped or literal_eos:
+        manifest["unreadable"] = dict(skipped)
+        manifest["documents_with_literal_eos"] = literal_eos
+        write_json(Path(args.out) / "manifest.json", manifest)
+    splits = manifest["splits"]
+    print(f"{manifest['documents']} documents, {manifest['tokens']:,} tokens ({manifest['dtype']}): "
+          f"train {splits['train']['tokens']:,} in {len(splits['train']['shards'])} shards, "
+          f"val {splits['val']['tokens']:,}; skipped {manifest['skipped_empty']} empty, {sum(skipped.values())} unreadable")
+    return 0
