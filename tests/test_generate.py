@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmbook import costs
 from llmbook.model import GPT, GPTConfig, KVCache, left_pad, sample
 
 TINY = dict(vocab_size=50, block_size=64, n_layer=2, n_head=4, n_embd=32)
@@ -57,7 +58,7 @@ def test_sliding_window_evicts_cache():
         assert cache.pos.shape[1] == 5 and cache.k[0].shape[2] == 5
         model.forward_cached(torch.tensor([[3]]), cache)
     assert cache.pos[0].tolist() == [5, 6, 7, 8, 9]
-    assert cache.nbytes() == 2 * 2 * 1 * 5 * 2 * 8 * 4  # (k, v) x layers x batch x tokens x kv heads x dim x fp32
+    assert cache.nbytes() == costs.kv_cache_bytes(model.config, batch=1, seq_len=5, bytes_per_value=4)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa-rope", "mqa-alibi", "sliding-window"])
@@ -130,3 +131,23 @@ def test_generate_errors():
     with pytest.raises(ValueError, match="empty prompt"):
         left_pad([[1], []])
     assert model.generate(prompt, 0).tolist() == [[1, 2]]
+
+
+def test_cache_size_matches_costs():
+    model = tiny(**VARIANTS["llama-gqa-rope"])
+    cache = KVCache.empty(2, 3, torch.device("cpu"))
+    with torch.no_grad():
+        model.forward_cached(torch.randint(0, 50, (3, 11)), cache)
+    assert cache.nbytes() == costs.kv_cache_bytes(model.config, batch=3, seq_len=11, bytes_per_value=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", ["sdpa", "triton"])
+def test_cuda_bf16_generation_matches_recompute(impl):
+    """On a GPU in bfloat16: cached greedy decoding agrees with recomputation (logits to bf16 tolerance)."""
+    model = tiny(**VARIANTS["llama-gqa-rope"], n_embd=128, attn_impl=impl).cuda().to(torch.bfloat16)
+    prompt = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
+    tokens, logits = model.generate(prompt, 8, temperature=0, return_logits=True)
+    with torch.no_grad():
+        full = model(tokens[:, :-1])[0][:, 8:]  # one forward over the generated sequence
+    torch.testing.assert_close(logits.float(), full.float(), atol=1e-1, rtol=0)

@@ -6,6 +6,7 @@ random inputs. The Triton kernel has its own module (test_kernels_triton.py) bec
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 
 import pytest
@@ -116,6 +117,11 @@ def test_tiled_half_precision_close_to_float32(dtype):
 def test_dispatch_and_errors():
     assert set(IMPLS) == {"auto", "naive", "sdpa", "tiled", "triton"}
     assert resolve_impl("auto", "cpu", 64, masked=False) == "sdpa"
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == ("triton" if has_triton else "sdpa")
+    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.float32) == "sdpa"  # exact fp32 dots: slow
+    assert resolve_impl("auto", "cuda", 64, masked=True, dtype=torch.float16) == "sdpa"
+    assert resolve_impl("auto", "cuda", 80, masked=False, dtype=torch.float16) == "sdpa"
     q, k, v = (x.detach() for x in _inputs((4, 4, 4, 2, 8), torch.float32))
     with pytest.raises(ValueError, match="impl='bogus'"):
         attention(q, k, v, impl="bogus")

@@ -89,4 +89,6 @@ def test_triton_matches_naive_cuda(shape, dtype, causal):
 def test_auto_picks_triton_on_cuda():
     from llmbook.kernels import resolve_impl
 
-    assert resolve_impl("auto", "cuda", 64, masked=False) == "triton"
+    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == "triton"
+    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.float32) == "sdpa"
+    assert resolve_impl("auto", "cuda", 80, masked=False, dtype=torch.bfloat16) == "sdpa"

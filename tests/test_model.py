@@ -197,3 +197,20 @@ def test_attention_weights_are_causal_distributions():
     torch.testing.assert_close(weights[1].sum(-1), torch.ones(2, 4, 9))
     assert weights[0].triu(1).abs().max() == 0
     assert all(b.attn.weights is None for b in model.blocks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_triton_model_matches_sdpa_bf16():
+    """The whole model with the Triton kernel against SDPA on a GPU, forward and gradients, in bfloat16."""
+    torch.manual_seed(0)
+    ref = GPT(GPTConfig(**{**TINY, "n_embd": 256}, n_kv_head=2, pos_emb="rope", attn_impl="sdpa")).cuda()
+    tri = GPT(GPTConfig(**{**TINY, "n_embd": 256}, n_kv_head=2, pos_emb="rope", attn_impl="triton")).cuda()
+    tri.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, 61, (4, 32), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss_ref, loss_tri = ref(idx, idx)[1], tri(idx, idx)[1]
+    loss_ref.backward()
+    loss_tri.backward()
+    torch.testing.assert_close(loss_tri, loss_ref, atol=2e-2, rtol=0)
+    for (name, a), b in zip(tri.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=2e-2, rtol=5e-2, msg=name)

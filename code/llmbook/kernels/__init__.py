@@ -23,14 +23,19 @@ def triton_available(device: torch.device | str | None = None) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_impl(impl: str, device: torch.device | str, head_dim: int, masked: bool) -> str:
-    """The implementation `attention(..., impl=impl)` runs: "auto" is triton on CUDA when supported, else sdpa."""
+def resolve_impl(impl: str, device: torch.device | str, head_dim: int, masked: bool,
+                 dtype: torch.dtype = torch.bfloat16) -> str:
+    """The implementation `attention(..., impl=impl)` runs: "auto" is triton on CUDA when supported, else sdpa.
+
+    Supported means half precision (in float32 the kernel uses exact, slow, non-tensor-core dot products),
+    a head dim of 32, 64 or 128, and no explicit mask or score bias.
+    """
     if impl not in IMPLS:
         raise ValueError(f"attention impl={impl!r} is not one of {IMPLS}")
     if impl != "auto":
         return impl
     if (torch.device(device).type == "cuda" and not masked and head_dim in (32, 64, 128)
-            and triton_available(device)):
+            and dtype in (torch.float16, torch.bfloat16) and triton_available(device)):
         return "triton"
     return "sdpa"
 
@@ -43,7 +48,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, impl: str = 
     queries with the last keys. `window` limits each query to its last `window` keys. `mask` (bool, True = may
     attend) and `bias` (additive, e.g. ALiBi) are supported by "naive" and "sdpa" only.
     """
-    chosen = resolve_impl(impl, q.device, q.shape[-1], mask is not None or bias is not None)
+    chosen = resolve_impl(impl, q.device, q.shape[-1], mask is not None or bias is not None, q.dtype)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects 4-d (B, H, T, D) tensors, got {q.ndim}, {k.ndim}, {v.ndim} dims")
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:

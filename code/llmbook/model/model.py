@@ -223,9 +223,6 @@ class GPT(nn.Module):
         cfg = self.config
         x = self.wte(idx)
         if cfg.pos_emb == "learned":
-            if int(pos.max()) >= cfg.block_size:
-                raise ValueError(f"position {int(pos.max())} is beyond block_size={cfg.block_size} "
-                                 f"of the learned position embedding")
             x = x + self.wpe(pos)
         elif cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal_embedding(pos, cfg.n_embd).to(x.dtype)
@@ -241,10 +238,16 @@ class GPT(nn.Module):
             x = block(x, rope, bias, mask, cache, i)
         return self.ln_f(x)
 
+    def _check_positions(self, last: int) -> None:
+        if self.config.pos_emb == "learned" and last >= self.config.block_size:
+            raise ValueError(f"position {last} is beyond block_size={self.config.block_size} "
+                             f"of the learned position embedding")
+
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets, also the mean cross-entropy (-100 ignored)."""
         if idx.ndim != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        self._check_positions(idx.shape[1] - 1)
         pos = torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1)
         logits = self.lm_head(self._trunk(idx, pos))
         loss = None
@@ -279,6 +282,7 @@ class GPT(nn.Module):
         if cache.pos.shape[1]:  # the next position after the last real token (padding never advances it)
             start = cache.pos.masked_fill(~cache.valid, -1).amax(dim=1, keepdim=True) + 1
         pos = (start + valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        self._check_positions(int(pos.max()))
         n_old = cache.pos.shape[1]
         cache.pos, cache.valid = torch.cat([cache.pos, pos], 1), torch.cat([cache.valid, valid], 1)
         q_pos, k_pos = pos[:, :, None], cache.pos[:, None, :]
