@@ -303,3 +303,33 @@ def test_measured_memory_matches_costs_model():
     assert got.activations == pytest.approx(want.activations, rel=0.1)
     apply_activation_checkpointing(model)
     assert saved_activation_bytes(model, x, x.roll(-1, 1)) < got.activations / 3
+
+
+def test_z_loss_pulls_log_normaliser_to_zero(tmp_path, shards):
+    """With a (large, for speed) z-loss coefficient the RMS of log Z ends well below the run without it.
+
+    At initialisation log Z = log V (all logits near 0); plain cross-entropy leaves it there, z-loss pulls it down.
+    """
+    from llmbook.train.trainer import z_loss
+
+    results = {}
+    for coef in (0.0, 1.0):
+        trainer = Trainer(make_cfg(tmp_path, shards, [f"train.z_loss={coef}", "train.steps=15", "train.eval_every=0",
+                                                      "optim.lr=1e-2"]), tmp_path / f"z{coef}")
+        trainer.fit()
+        xb, yb = trainer.loaders("val", 0, 1, 0).next_batch()
+        with torch.no_grad():
+            results[coef] = z_loss(trainer.model(xb)[0]).sqrt().item()
+    assert results[1.0] < results[0.0] - 1.0
+
+
+def test_plot_metrics(tmp_path, shards):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from llmbook.train.plots import plot_metrics
+
+    Trainer(make_cfg(tmp_path, shards, ["train.steps=4"]), tmp_path / "run").fit()
+    fig = plot_metrics(tmp_path / "run", baselines={"uniform": math.log(257)})
+    loss_ax = fig.axes[0]
+    assert len(loss_ax.lines) == 3 and [a.get_ylabel() for a in fig.axes][1] == "learning rate"

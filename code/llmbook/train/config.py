@@ -100,10 +100,11 @@ class TrainConfig:
     on_bad_step: str = "skip"  # NaN/Inf or spiking loss: skip the update, or stop
     spike_factor: float = 0.0  # skip when loss > spike_factor * running mean; 0 disables
     max_bad_steps: int = 5  # stop after this many consecutive skipped steps
+    z_loss: float = 0.0  # coefficient of the PaLM z-loss, mean (log Z)^2 of the output softmax; 0 disables
 
     def __post_init__(self) -> None:
         _positive("train", self, "steps", "grad_accum", "log_every", "eval_batches", "max_bad_steps")
-        _positive("train", self, "eval_every", "spike_factor", allow_zero=True)
+        _positive("train", self, "eval_every", "spike_factor", "z_loss", allow_zero=True)
         _choice("train", "precision", self.precision, PRECISIONS)
         _choice("train", "device", self.device, ("auto", "cpu", "cuda"))
         _choice("train", "on_bad_step", self.on_bad_step, ON_BAD_STEP)

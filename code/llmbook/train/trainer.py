@@ -63,6 +63,15 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
 
 
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared log-normaliser of the softmax, (log Z)^2, which PaLM adds (x 1e-4) to keep logits from drifting.
+
+    Cross-entropy is invariant to adding a constant to every logit, so nothing stops log Z from wandering
+    far from zero, where bf16 rounding of large logits hurts; this term pins it [@chowdhery2022palm].
+    """
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
 class MetricsLog:
     """Append-only JSONL log, one object per line, flushed after each record (rank 0 only)."""
 
@@ -217,8 +226,9 @@ class Trainer:
             x, y = self.train_loader.next_batch()
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
             with grad_sync(self.module, cfg.parallel.mode, sync=micro == accum - 1), self.autocast():
-                _, loss = self.module(x, y)
-            self.scaler.scale(loss / accum).backward()
+                logits, loss = self.module(x, y)
+                objective = loss + cfg.train.z_loss * z_loss(logits) if cfg.train.z_loss else loss
+            self.scaler.scale(objective / accum).backward()
             loss_sum += loss.detach().float()
         loss = all_reduce_mean(loss_sum / accum).item()
         self.scaler.unscale_(self.optimizer)
