@@ -114,6 +114,16 @@ def setup(seed: int = DEFAULT_SEED, quiet: bool | None = None) -> Setup:
     return Setup(seed=seed, device=device, preset=preset_name(device), interactive=interactive)
 
 
+def _ipython_shell():
+    """The running IPython kernel's shell, or None outside a notebook."""
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell if shell is not None and "ipykernel" in sys.modules else None
+
+
 def _style_plots() -> None:
     """A clean, print-friendly matplotlib style shared by every figure in the book."""
     try:
@@ -121,8 +131,9 @@ def _style_plots() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    if "ipykernel" in sys.modules:  # figures inline in notebooks and Quarto, even if MPLBACKEND says Agg
-        plt.switch_backend("module://matplotlib_inline.backend_inline")
+    shell = _ipython_shell()
+    if shell is not None:  # figures inline in notebooks and Quarto, even when MPLBACKEND says Agg
+        shell.run_line_magic("matplotlib", "inline")
     plt.rcParams.update(
         {
             "figure.figsize": (6.4, 3.6),
