@@ -11,7 +11,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,  # noqa: E402
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM)
 
 from llmbook.model import GPT, GPTConfig, from_hf, to_hf  # noqa: E402
 
@@ -31,12 +32,20 @@ def hf_llama(**kw):
     return LlamaForCausalLM(LlamaConfig(**{**base, **kw})).eval()
 
 
+def hf_mistral(**kw):
+    torch.manual_seed(0)
+    base = dict(vocab_size=96, hidden_size=32, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=1, max_position_embeddings=64, sliding_window=5)
+    return MistralForCausalLM(MistralConfig(**{**base, **kw})).eval()
+
+
 CASES = {
     "gpt2": hf_gpt2,
     "gpt2-untied": lambda: hf_gpt2(tie_word_embeddings=False),
     "llama-gqa": hf_llama,
     "llama-mha-tied-bias": lambda: hf_llama(num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True,
                                             mlp_bias=True),
+    "mistral-window-mqa": hf_mistral,  # sequences of 19 tokens: the window of 5 matters
 }
 
 
@@ -63,7 +72,7 @@ def test_to_hf_round_trip(name, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDX).logits, model(IDX)[0], atol=1e-5, rtol=0)
-    assert json.loads((out / "config.json").read_text())["model_type"] == ("gpt2" if "gpt2" in name else "llama")
+    assert json.loads((out / "config.json").read_text())["model_type"] == name.split("-")[0]
 
 
 def test_to_hf_book_model_and_tokenizer(tmp_path):
@@ -85,7 +94,8 @@ def test_to_hf_book_model_and_tokenizer(tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(pos_emb="alibi"), "no transformers architecture"),
     (dict(norm_position="post"), "norm_position='post'"),
-    (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", sliding_window=8), "sliding_window=8"),
+    (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", sliding_window=8), "sliding_window=8 exports as Mistral"),
+    (dict(sliding_window=8), "no transformers architecture"),
 ])
 def test_to_hf_rejects_unexportable(kw, match, tmp_path):
     model = GPT(GPTConfig(vocab_size=96, block_size=32, n_layer=1, n_head=4, n_embd=32, **kw))

@@ -1,9 +1,10 @@
 """The Triton FlashAttention kernel against the naive attention, on CPU through the Triton interpreter.
 
-Without CUDA this module sets TRITON_INTERPRET=1 before the kernel module is imported (Triton decides between
-compiling and interpreting when a kernel is defined), so CI checks the kernel's logic on tiny shapes. With
-CUDA the same grid runs compiled, plus realistic sizes in float16/bfloat16. The interpreter cannot multiply
-bfloat16 matrices, so bfloat16 is checked on CUDA only.
+Triton decides between compiling and interpreting when its modules are first imported, so without CUDA
+these tests must run in a process started with TRITON_INTERPRET=1. In a process without it (e.g. the
+full test suite), the kernel tests are skipped and test_triton_kernel_in_interpreter runs this file again
+in a subprocess with the variable set. With CUDA the tests run compiled, plus realistic sizes in
+float16/bfloat16. The interpreter cannot multiply bfloat16 matrices, so bfloat16 is checked on CUDA only.
 Tolerances: float32 2e-5 (interpreter, exact float32 dots); on GPU float32 uses IEEE dots (1e-4),
 float16/bfloat16 are compared with a float32 reference at 1e-2/2e-2.
 """
@@ -12,22 +13,36 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from llmbook.kernels import attention
+
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    if "llmbook.kernels.flash_triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the Triton kernel was imported without TRITON_INTERPRET=1 and cannot run on CPU",
-                    allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from llmbook.kernels import attention  # noqa: E402
-from llmbook.kernels.flash_triton import triton_attention  # noqa: E402
+IN_SUBPROCESS = not CUDA and not INTERPRETED
+kernel_test = pytest.mark.skipif(IN_SUBPROCESS, reason="run by test_triton_kernel_in_interpreter in a subprocess")
+
+
+@pytest.mark.skipif(not IN_SUBPROCESS, reason="this process can run the kernel directly")
+def test_triton_kernel_in_interpreter():
+    """Run this module's tests in a fresh process with TRITON_INTERPRET=1 (a few tens of seconds)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "code"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           str(Path(__file__).resolve())], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+
 
 DEVICE = "cuda" if CUDA else "cpu"
 # (T_q, T_k, H, H_kv, D): ragged tails (1, 17, 33 are not multiples of the 16-wide tiles), GQA 2:1, MQA 4:1,
@@ -53,22 +68,28 @@ def _check(shape, dtype, causal, window, tol):
         torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=0, msg=f"{name} {shape} {dtype}")
 
 
+@kernel_test
 @pytest.mark.parametrize("shape", SMALL)
 @pytest.mark.parametrize("causal", [True, False])
 def test_triton_matches_naive_small(shape, causal):
     _check(shape, torch.float32, causal, None, 1e-4 if CUDA else 2e-5)
 
 
+@kernel_test
 @pytest.mark.parametrize("window", [1, 7, 20])
 def test_triton_sliding_window(window):
     _check((33, 33, 2, 1, 16), torch.float32, True, window, 1e-4 if CUDA else 2e-5)
 
 
+@kernel_test
 def test_triton_float16():
     _check((17, 17, 4, 2, 32), torch.float16, True, None, 1e-2)
 
 
+@kernel_test
 def test_triton_rejects_unsupported():
+    from llmbook.kernels.flash_triton import triton_attention
+
     q = torch.randn(1, 1, 4, 16, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="float16, bfloat16 and float32"):
         triton_attention(q, q, q)
@@ -92,3 +113,34 @@ def test_auto_picks_triton_on_cuda():
     assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == "triton"
     assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.float32) == "sdpa"
     assert resolve_impl("auto", "cuda", 80, masked=False, dtype=torch.bfloat16) == "sdpa"
+
+
+# Shared memory per thread block: T4 (sm_75) 64 KiB, A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
+SMEM_LIMIT = {(7, 5): 64 * 1024, (8, 0): 163 * 1024, (9, 0): 227 * 1024}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles for CUDA targets, which the interpreter replaces")
+@pytest.mark.parametrize("capability,dtype,head_dim,window", [((7, 5), torch.float16, 64, False),
+                                                               ((7, 5), torch.float16, 128, True),
+                                                               ((9, 0), torch.bfloat16, 128, False)])
+def test_kernels_compile_for_gpus(capability, dtype, head_dim, window):
+    """Without a GPU: compile forward and backward kernels to GPU machine code (ptxas ships with triton)
+    with the launch configuration `_config` picks for that GPU, and check they fit its shared memory."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llmbook.kernels import flash_triton as ft
+
+    cfg = ft._config(dtype, head_dim, capability)
+    launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+    consts = dict(H=8, GROUP=2, D=head_dim, HEAD_DIM=head_dim, CAUSAL=True, USE_WINDOW=window, PRECISION="ieee", **cfg)
+    elem = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
+    for fn in (ft._fwd_kernel, ft._bwd_dkdv_kernel, ft._bwd_dq_kernel):
+        signature = {name: "constexpr" if name in consts else elem if name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
+                     else "*fp32" if name in ("LSE", "DELTA") else "fp32" if name.endswith("scale") else "i32"
+                     for name in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                                target=GPUTarget("cuda", capability[0] * 10 + capability[1], 32), options=launch)
+        assert 0 < kernel.metadata.shared <= SMEM_LIMIT[capability], (fn.__name__, kernel.metadata.shared)

@@ -184,13 +184,19 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale, T_Q, T_K, WI
              mask=row_ok[:, None] & d_ok)
 
 
-def _config(q: Tensor, head_dim: int) -> dict:
-    """Block sizes and launch options: the single place an autotuner would plug in."""
-    if q.device.type != "cuda":  # the interpreter: small tiles keep the CPU run short
+def _config(dtype: torch.dtype, head_dim: int, capability: tuple[int, int] | None) -> dict:
+    """Block sizes and launch options (the single place an autotuner would plug in).
+
+    `capability` is the GPU's compute capability, None for the CPU interpreter. Before Ampere (e.g. the T4
+    of free notebooks, 64 KiB of shared memory per block) the tiles are smaller and not pipelined.
+    """
+    if capability is None:  # the interpreter: small tiles keep the CPU run short
         return dict(BLOCK_M=16, BLOCK_N=16)
-    big = head_dim <= 64 and q.dtype != torch.float32
-    return dict(BLOCK_M=128 if big else 64, BLOCK_N=64 if head_dim <= 64 else 32, num_warps=8 if head_dim == 128 else 4,
-                num_stages=2)
+    if capability < (8, 0):
+        return dict(BLOCK_M=64 if head_dim <= 64 else 32, BLOCK_N=32, num_warps=4, num_stages=1)
+    big = head_dim <= 64 and dtype != torch.float32
+    return dict(BLOCK_M=128 if big else 64, BLOCK_N=64 if head_dim <= 64 else 32,
+                num_warps=8 if head_dim == 128 else 4, num_stages=2)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -205,8 +211,9 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _common(q: Tensor, k: Tensor, causal: bool, scale: float, window: int | None) -> tuple[dict, dict]:
     b, h, t_q, d = q.shape
     head_dim = max(16, triton.next_power_of_2(d))
+    capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
     consts = dict(H=h, GROUP=h // k.shape[1], D=d, HEAD_DIM=head_dim, CAUSAL=causal, USE_WINDOW=window is not None,
-                  PRECISION="ieee", **_config(q, head_dim))
+                  PRECISION="ieee", **_config(q.dtype, head_dim, capability))
     scalars = dict(qk_scale=scale * LOG2E, T_Q=t_q, T_K=k.shape[2], WINDOW=window or 0)
     return consts, scalars
 

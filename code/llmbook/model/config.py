@@ -146,10 +146,10 @@ class GPTConfig:
 
 
 def _llama(n_layer: int, n_head: int, n_embd: int, vocab: int, ctx: int, n_kv_head: int | None = None,
-           multiple_of: int = 256, mlp_hidden: int | None = None) -> dict[str, Any]:
+           multiple_of: int = 256, mlp_hidden: int | None = None, rope_base: float = 10000.0) -> dict[str, Any]:
     return dict(vocab_size=vocab, block_size=ctx, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
                 n_embd=n_embd, mlp="swiglu", multiple_of=multiple_of, mlp_hidden=mlp_hidden, norm="rmsnorm",
-                pos_emb="rope", bias=False, tie_weights=False)
+                pos_emb="rope", bias=False, tie_weights=False, rope_base=rope_base)
 
 
 def _gpt2(n_layer: int, n_head: int, n_embd: int, ctx: int = 1024, vocab: int = 50257) -> dict[str, Any]:
@@ -169,8 +169,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-65b": _llama(80, 64, 8192, 32000, 2048),
     "llama2-7b": _llama(32, 32, 4096, 32000, 4096),
     "llama2-70b": _llama(80, 64, 8192, 32000, 4096, n_kv_head=8, mlp_hidden=28672),
-    "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336),
-    "llama3-70b": _llama(80, 64, 8192, 128256, 8192, n_kv_head=8, mlp_hidden=28672),
+    "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336, rope_base=500000.0),
+    "llama3-70b": _llama(80, 64, 8192, 128256, 8192, n_kv_head=8, mlp_hidden=28672, rope_base=500000.0),
     # TinyLlama's 1.1B shape [@zhang2024tinyllama]: the book's ~1B model for single-GPU experiments.
     "llama-1b": _llama(22, 32, 2048, 32000, 2048, n_kv_head=4, mlp_hidden=5632),
 }

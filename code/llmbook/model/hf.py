@@ -1,6 +1,7 @@
-"""Weight conversion to and from Hugging Face `transformers` GPT-2 and Llama models (@sec-architecture-hf).
+"""Weight conversion to and from Hugging Face `transformers` GPT-2, Llama and Mistral models (@sec-architecture-hf).
 
-Loading a `GPT2LMHeadModel` or `LlamaForCausalLM` gives a `GPT` with the same logits; exporting writes a
+Loading a `GPT2LMHeadModel`, `LlamaForCausalLM` or `MistralForCausalLM` (Llama with a sliding window) gives a
+`GPT` with the same logits; exporting writes a
 directory that `AutoModelForCausalLM.from_pretrained` reads, which is what lets a model trained with the book
 be evaluated or served by tools built on `transformers`.
 """
@@ -30,12 +31,16 @@ def _gpt2_config(c: Any) -> GPTConfig:
 
 
 def _llama_config(c: Any) -> GPTConfig:
-    rope = dict(getattr(c, "rope_parameters", None) or {})
-    if rope.get("rope_type", "default") != "default":
+    """Llama and Mistral (the same layout; Mistral adds `sliding_window` and has no biases)."""
+    # transformers 5 keeps RoPE settings in `rope_parameters`; 4.x in `rope_theta` and `rope_scaling`
+    rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    rope.setdefault("rope_theta", getattr(c, "rope_theta", 10000.0))
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"Llama rope_type={rope.get('rope_type')!r} (RoPE scaling) is not supported, only 'default'")
     if c.hidden_act != "silu":
         raise ValueError(f"Llama hidden_act={c.hidden_act!r} is not supported, only 'silu' (SwiGLU)")
-    if bool(c.attention_bias) != bool(c.mlp_bias):
+    bias = bool(getattr(c, "attention_bias", False))
+    if bias != bool(getattr(c, "mlp_bias", False)):
         raise ValueError("Llama attention_bias and mlp_bias must agree: this model has a single `bias` switch")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     if head_dim * c.num_attention_heads != c.hidden_size:
@@ -43,8 +48,9 @@ def _llama_config(c: Any) -> GPTConfig:
     return GPTConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
                      n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads or c.num_attention_heads,
                      n_embd=c.hidden_size, mlp="swiglu", mlp_hidden=c.intermediate_size, norm="rmsnorm",
-                     pos_emb="rope", bias=bool(c.attention_bias), tie_weights=bool(c.tie_word_embeddings),
-                     norm_eps=c.rms_norm_eps, rope_base=float(rope.get("rope_theta", 10000.0)))
+                     pos_emb="rope", bias=bias, tie_weights=bool(c.tie_word_embeddings),
+                     norm_eps=c.rms_norm_eps, rope_base=float(rope.get("rope_theta", 10000.0)),
+                     sliding_window=getattr(c, "sliding_window", None) if c.model_type == "mistral" else None)
 
 
 def _gpt2_pairs(cfg: GPTConfig) -> list[tuple[str, str, bool]]:
@@ -76,13 +82,13 @@ def _llama_pairs(cfg: GPTConfig) -> list[tuple[str, str]]:
 
 
 def from_hf(hf_model: Any) -> GPT:
-    """A `GPT` with the weights of a transformers GPT2LMHeadModel or LlamaForCausalLM (@sec-architecture-hf)."""
+    """A `GPT` with the weights of a transformers GPT-2, Llama or Mistral causal LM (@sec-architecture-hf)."""
     model_type = getattr(hf_model.config, "model_type", None)
     sd = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
     if model_type == "gpt2":
         cfg = _gpt2_config(hf_model.config)
         ours = {o: (sd[t].t() if tr else sd[t]) for o, t, tr in _gpt2_pairs(cfg) if t in sd}
-    elif model_type == "llama":
+    elif model_type in ("llama", "mistral"):
         cfg = _llama_config(hf_model.config)
         ours = {o: sd[t] for o, t in _llama_pairs(cfg) if t in sd}
         kinds = ["weight", "bias"] if cfg.bias else ["weight"]
@@ -91,7 +97,7 @@ def from_hf(hf_model: Any) -> GPT:
                 ours[f"blocks.{i}.attn.c_attn.{kind}"] = torch.cat(
                     [sd[f"model.layers.{i}.self_attn.{p}_proj.{kind}"] for p in "qkv"], dim=0)
     else:
-        raise ValueError(f"from_hf supports model_type 'gpt2' and 'llama', got {model_type!r}")
+        raise ValueError(f"from_hf supports model_type 'gpt2', 'llama' and 'mistral', got {model_type!r}")
     if cfg.tie_weights:
         ours.pop("lm_head.weight", None)
     model = GPT(cfg)
@@ -103,37 +109,39 @@ def from_hf(hf_model: Any) -> GPT:
 
 
 def hf_config(cfg: GPTConfig) -> Any:
-    """The transformers config (GPT2Config or LlamaConfig) with the same architecture, or a ValueError saying why not."""
-    from transformers import GPT2Config, LlamaConfig
+    """The transformers config (GPT-2, Llama, or Mistral for a sliding window) of the same architecture, or a ValueError."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig
 
-    common = []
+    problems = []
     if not cfg.causal:
-        common.append("causal=False")
+        problems.append("causal=False")
     if cfg.norm_position != "pre":
-        common.append(f"norm_position={cfg.norm_position!r}")
-    if cfg.sliding_window is not None:
-        common.append(f"sliding_window={cfg.sliding_window}")
+        problems.append(f"norm_position={cfg.norm_position!r}")
     gpt2 = cfg.pos_emb == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias and \
-        cfg.n_kv_head == cfg.n_head
+        cfg.n_kv_head == cfg.n_head and cfg.sliding_window is None
     llama = cfg.pos_emb == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu"
-    if common or not (gpt2 or llama):
-        why = ", ".join(common) or (f"pos_emb={cfg.pos_emb!r}, norm={cfg.norm!r}, mlp={cfg.mlp!r}, bias={cfg.bias}, "
-                                    f"n_kv_head={cfg.n_kv_head}")
+    if llama and cfg.sliding_window is not None and cfg.bias:
+        problems.append(f"sliding_window={cfg.sliding_window} exports as Mistral, which has no biases: set bias=False")
+    if problems or not (gpt2 or llama):
+        why = ", ".join(problems) or (f"pos_emb={cfg.pos_emb!r}, norm={cfg.norm!r}, mlp={cfg.mlp!r}, bias={cfg.bias}, "
+                                      f"n_kv_head={cfg.n_kv_head}, sliding_window={cfg.sliding_window}")
         raise ValueError(f"no transformers architecture matches this config ({why}); exportable layouts are GPT-2 "
-                         f"(learned, layernorm, gelu, bias, MHA) and Llama (rope, rmsnorm, swiglu), pre-norm, causal")
+                         f"(learned, layernorm, gelu, bias, MHA) and Llama/Mistral (rope, rmsnorm, swiglu), "
+                         f"pre-norm, causal")
     if gpt2:
         return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.ffn_dim, activation_function="gelu_new",
                           layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_weights,
                           resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
                           architectures=["GPT2LMHeadModel"])
-    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim,
-                       num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                       num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
-                       max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
-                       rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
-                       attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_weights,
-                       architectures=["LlamaForCausalLM"])
+    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim,
+                  num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+                  head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+                  rope_theta=cfg.rope_base,  # read by transformers 4.x and 5.x alike
+                  tie_word_embeddings=cfg.tie_weights)
+    if cfg.sliding_window is not None:
+        return MistralConfig(**common, sliding_window=cfg.sliding_window, architectures=["MistralForCausalLM"])
+    return LlamaConfig(**common, attention_bias=cfg.bias, mlp_bias=cfg.bias, architectures=["LlamaForCausalLM"])
 
 
 def _hf_state_dict(model: GPT) -> dict[str, Tensor]:
