@@ -1,0 +1,80 @@
+"""From a named corpus to packed token shards and rank-sharded loaders for the trainer (@sec-scale-trainer).
+
+The corpora are read with `llmbook.data.sources` (the local `$LLMBOOK_DATA` copy), a byte-level BPE is
+trained on them with `llmbook.tokenizer`, and the documents are packed with `llmbook.data.pack`. The result is cached under `$LLMBOOK_CACHE` (default
+`~/.cache/llmbook`) in a folder named by the settings, so later runs start instantly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch.distributed as dist
+
+from llmbook.data.pack import MANIFEST, TokenLoader, file_sha256, write_shards
+from llmbook.data.sources import load_corpus
+from llmbook.train.checkpoint import atomic_write_text
+from llmbook.train.config import DataConfig
+
+EOS = "<|endoftext|>"
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """Where prepared shards live: `data.cache_dir`, else $LLMBOOK_CACHE, else ~/.cache/llmbook."""
+    return Path(cfg.cache_dir or os.environ.get("LLMBOOK_CACHE", "") or Path.home() / ".cache" / "llmbook")
+
+
+def documents(cfg: DataConfig) -> Iterator[dict]:
+    """Records of the configured corpora, one after the other, cut off after `max_chars` characters if set."""
+    used = 0
+    for name in cfg.datasets:
+        for record in load_corpus(name):
+            if cfg.max_chars:
+                record = {**record, "text": record["text"][: cfg.max_chars - used]}
+            used += len(record["text"])
+            yield record
+            if cfg.max_chars and used >= cfg.max_chars:
+                return
+
+
+def prepare(cfg: DataConfig, progress: bool = False) -> Path:
+    """Return a shard directory for the config, building it (tokenizer + shards) if it is not cached yet."""
+    if cfg.shard_dir:
+        path = Path(cfg.shard_dir)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"[data] shard_dir {path} holds no {MANIFEST}")
+        return path
+    from llmbook.tokenizer import train_hf_tokenizer
+
+    key = json.dumps([cfg.datasets, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction])
+    out = cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / MANIFEST).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
+    atomic_write_text(out / "tokenizer.json", tokenizer.to_str())
+    write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, out, eos_id=tokenizer.token_to_id(EOS),
+                 vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
+                 tokenizer_hash=file_sha256(out / "tokenizer.json"), progress=progress)
+    return out
+
+
+def token_loaders(cfg: DataConfig, main: bool = True):
+    """A loader factory `(split, rank, world_size, seed) -> TokenLoader` over the prepared shards.
+
+    Rank 0 prepares the shards while the other ranks wait at a barrier.
+    """
+    shard_dir = prepare(cfg) if main else None
+    if dist.is_initialized():
+        dist.barrier()
+        shard_dir = shard_dir or prepare(cfg)
+
+    def make(split: str, rank: int, world_size: int, seed: int) -> TokenLoader:
+        return TokenLoader(shard_dir, cfg.batch_size, cfg.block_size, seed=seed, rank=rank,
+                           world_size=world_size, split=split)
+
+    return make

@@ -1,0 +1,69 @@
+"""`llmbook generate`: load a trained checkpoint (any format, any world size) and sample text (@sec-scale-trainer)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import torch
+
+from llmbook.train import checkpoint as ckpt
+from llmbook.train.config import RunConfig
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Return `(model, tokenizer, info)` from a run directory or checkpoint; FSDP2 shards are gathered in one process."""
+    from tokenizers import Tokenizer
+
+    from llmbook.model import GPT
+
+    meta = ckpt.info(path)
+    model = GPT(RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config())
+    with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        ckpt.load_checkpoint(meta.path, model, None, sharded=False)
+    tok_file = meta.path / "tokenizer.json"
+    if not tok_file.is_file():
+        raise FileNotFoundError(f"{meta.path} has no tokenizer.json (the run used pre-tokenized shards without one)")
+    return model.to(device).eval(), Tokenizer.from_file(str(tok_file)), meta
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+                  top_k: int | None = 50, seed: int = 0) -> str:
+    """Continue `prompt` with the model, stopping at the end-of-text token; returns prompt + continuation."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id("<|endoftext|>")]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    room = model.config.block_size - idx.shape[1]
+    if room <= 0 and model.config.pos_emb == "learned":
+        raise ValueError(f"the prompt has {idx.shape[1]} tokens; the model's context is {model.config.block_size}")
+    steps = min(max_new_tokens, room) if model.config.pos_emb == "learned" else max_new_tokens
+    with torch.no_grad():
+        out = model.generate(idx, steps, temperature=temperature, top_k=top_k, stop=eos, generator=gen)
+    new = [t for t in out[0, idx.shape[1]:].tolist() if t != eos]
+    return prompt + tokenizer.decode(new)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    model, tokenizer, meta = load_model(args.checkpoint)
+    print(f"# {meta.path.name} (step {meta.step})")
+    for i in range(args.samples):
+        print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                            args.top_k or None, seed=args.seed + i))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register `llmbook generate`."""
+    parser = subparsers.add_parser("generate", help="sample text from a trained checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint")
+    parser.add_argument("--prompt", default="Once upon a time")
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=50, help="0 disables top-k truncation")
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run_generate)

@@ -1,0 +1,340 @@
+"""The training loop: accumulation, clipping, mixed precision, evaluation, logging, guard, checkpoints
+(@sec-scale-trainer)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from llmbook.train import checkpoint as ckpt
+from llmbook.train.config import RunConfig
+from llmbook.train.optim import build_optimizer, lr_at, set_lr
+from llmbook.train.parallel import (DTYPES, DistInfo, all_reduce_mean, broadcast_object, grad_sync,
+                                    init_distributed, wrap_model)
+
+
+class Loader(Protocol):
+    """What the trainer needs from a data loader (llmbook.data.pack.TokenLoader has this shape)."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# (split, rank, world_size, seed) -> loader
+LoaderFactory = Callable[[str, int, int, int], Loader]
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss or gradients are non-finite or spiking and the guard says stop."""
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; refuse 'cuda' without a GPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("[train] device='cuda' but no CUDA device is available")
+    return name
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: allocated CUDA memory on a GPU, peak resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward instead of storing them (@sec-scale-memory)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared log-normaliser of the softmax, (log Z)^2, which PaLM adds (x 1e-4) to keep logits from drifting.
+
+    Cross-entropy is invariant to adding a constant to every logit, so nothing stops log Z from wandering
+    far from zero, where bf16 rounding of large logits hurts; this term pins it [@chowdhery2022palm].
+    """
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+class MetricsLog:
+    """Append-only JSONL log, one object per line, flushed after each record (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until: int) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled:
+            self._truncate(keep_until)
+
+    def _truncate(self, step: int) -> None:
+        """Drop records after `step`: a resumed run rewrites the steps the crashed run did not checkpoint."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        ckpt.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read a metrics.jsonl file into a list of records."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Trainer:
+    """Train a model with the settings of a RunConfig, writing `metrics.jsonl` and `checkpoints/` to `out_dir`.
+
+    `model` is an unwrapped nn.Module whose `forward(idx, targets)` returns `(logits, loss)` and which
+    holds its transformer blocks in `model.blocks`; by default a `llmbook.model.GPT` is built from
+    the config. `loaders(split, rank, world_size, seed)` returns a loader; by default the run's corpus
+    is tokenized and packed with `llmbook.train.data`.
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, model: nn.Module | None = None,
+                 loaders: LoaderFactory | None = None, resume: bool = False, log: Callable[[str], None] = print):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(cfg.parallel.mode, device)
+        self.log = log if self.dist.is_main else (lambda msg: None)
+        if cfg.train.gpu:
+            from llmbook.costs import get_gpu
+
+            get_gpu(cfg.train.gpu)  # an unknown name fails now, not at the first log line
+        if cfg.parallel.mode == "fsdp" and cfg.train.precision == "fp16":
+            raise ValueError("[train] precision='fp16' needs a sharded grad scaler; use 'bf16' with parallel.mode='fsdp'")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        if loaders is None:
+            from llmbook.train.data import token_loaders
+
+            loaders = token_loaders(cfg.data, main=self.dist.is_main)
+        self.loaders = loaders
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        if model is None:
+            from llmbook.model import GPT
+
+            model = GPT(cfg.model_config())
+        self.model = model.to(self.dist.device)
+        if cfg.train.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        if cfg.train.compile:
+            for block in self.model.blocks:
+                block.compile()
+        self.module = wrap_model(self.model, cfg.parallel, self.dist, param_dtype=cfg.train.precision)
+        self.optimizer = build_optimizer(self.model, cfg.optim, fused=True if device == "cuda" else None)
+        self.scaler = torch.amp.GradScaler(device, enabled=cfg.train.precision == "fp16" and cfg.parallel.mode != "fsdp")
+        self.train_loader = loaders("train", self.dist.rank, self.dist.world_size, cfg.train.seed)
+        tokenizer = Path(getattr(self.train_loader, "shard_dir", "")) / "tokenizer.json"
+        self.extra_files = [tokenizer] if tokenizer.is_file() else []
+        self.step, self.tokens_seen = 0, 0
+        self.guard = {"ema": 0.0, "count": 0, "bad_in_a_row": 0, "skipped": 0}
+        torch.manual_seed(cfg.train.seed + self.dist.rank)  # per-rank stream for dropout and sampling
+        if resume:
+            self._resume()
+        elif ckpt.list_checkpoints(self.ckpt_root):
+            raise ValueError(f"{self.ckpt_root} already holds checkpoints; resume, or choose a new output directory")
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.dist.is_main, keep_until=self.step)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.parallel.mode == "fsdp"
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "rng": ckpt.rng_state(),
+                "loader": self.train_loader.state_dict(), "scaler": self.scaler.state_dict(),
+                "guard": dict(self.guard), "world_size": self.dist.world_size}
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (all ranks must call this)."""
+        path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.trainer_state(),
+                                    self.cfg.to_dict(), sharded=self.sharded, keep=self.cfg.checkpoint.keep,
+                                    extra_files=self.extra_files)
+        self.log(f"saved checkpoint {path.name}")
+        return path
+
+    def _resume(self) -> None:
+        found = ckpt.latest_valid(self.ckpt_root, log=self.log) if self.dist.is_main else None
+        found = broadcast_object(str(found) if found else None)
+        if found is None:
+            self.log(f"no valid checkpoint in {self.ckpt_root}; starting from step 0")
+            return
+        state = ckpt.load_checkpoint(Path(found), self.model, self.optimizer, sharded=self.sharded)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.guard = state["guard"]
+        self.scaler.load_state_dict(state["scaler"])
+        if not state["world_size_changed"]:
+            self.train_loader.load_state_dict(state["loader"])
+            ckpt.set_rng_state(state["rng"])
+        else:
+            self._reshard_loader(state)
+            torch.manual_seed(self.cfg.train.seed + self.step + self.dist.rank)
+            self.log(f"world size changed from {state['world_size']} to {self.dist.world_size}: weights and "
+                     "optimizer state were resharded; dropout RNG streams restart from a new seed")
+        self.log(f"resumed from {Path(found).name} at step {self.step}")
+
+    def _reshard_loader(self, state: dict[str, Any]) -> None:
+        """Continue the data stream after a world-size change.
+
+        The packed loader orders windows globally, so with the same global batch (micro-batch x world
+        size) its position carries over exactly; otherwise the stream restarts from a new seed.
+        """
+        saved = state["loader"]
+        mine = self.train_loader.state_dict()
+        if saved.get("batch_size", 0) * saved.get("world_size", 0) == mine["batch_size"] * mine["world_size"]:
+            self.train_loader.load_state_dict({**saved, "batch_size": mine["batch_size"],
+                                               "world_size": mine["world_size"]})
+        else:
+            self.log("global batch changed: the data stream restarts from a new seed")
+            self.train_loader = self.loaders("train", self.dist.rank, self.dist.world_size,
+                                             self.cfg.train.seed + self.step)
+
+    # ------------------------------------------------------------------ one step
+    def autocast(self):
+        """bf16/fp16 autocast for single-process and DDP runs (FSDP2 casts through its MixedPrecisionPolicy)."""
+        if self.cfg.train.precision == "fp32" or self.sharded:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=DTYPES[self.cfg.train.precision])
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns loss, grad norm and lr."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg.optim, cfg.train.steps)
+        set_lr(self.optimizer, lr)
+        accum = cfg.train.grad_accum
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for micro in range(accum):
+            x, y = self.train_loader.next_batch()
+            x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+            with grad_sync(self.module, cfg.parallel.mode, sync=micro == accum - 1), self.autocast():
+                logits, loss = self.module(x, y)
+                objective = loss + cfg.train.z_loss * z_loss(logits) if cfg.train.z_loss else loss
+            self.scaler.scale(objective / accum).backward()
+            loss_sum += loss.detach().float()
+        loss = all_reduce_mean(loss_sum / accum).item()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        reason = self._bad_step_reason(loss, grad_norm)
+        if reason:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard["bad_in_a_row"] += 1
+            self.guard["skipped"] += 1
+            if cfg.train.on_bad_step == "stop" or self.guard["bad_in_a_row"] > cfg.train.max_bad_steps:
+                raise TrainingDiverged(f"step {self.step + 1}: {reason}; stopping (last good checkpoint is kept in "
+                                       f"{self.ckpt_root})")
+            self.log(f"step {self.step + 1}: {reason}; update skipped")
+            if self.scaler.is_enabled():
+                self.scaler.update()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard["bad_in_a_row"] = 0
+            self.guard["count"] += 1
+            self.guard["ema"] += (loss - self.guard["ema"]) / min(self.guard["count"], 50)
+        self.step += 1
+        self.tokens_seen += accum * cfg.data.batch_size * cfg.data.block_size * self.dist.world_size
+        return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": bool(reason)}
+
+    def _bad_step_reason(self, loss: float, grad_norm: float) -> str:
+        """Why this step must not update the weights ('' when it is fine).
+
+        With fp16 the grad scaler handles overflowing gradients itself (skips and lowers the scale).
+        """
+        if not math.isfinite(loss):
+            return f"loss is {loss}"
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            return f"gradient norm is {grad_norm}"
+        factor = self.cfg.train.spike_factor
+        if factor and self.guard["count"] >= 20 and loss > factor * self.guard["ema"]:
+            return f"loss spike {loss:.3f} > {factor} x running mean {self.guard['ema']:.3f}"
+        return ""
+
+    # ------------------------------------------------------------------ evaluation and the loop
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over `eval_batches` validation batches (a fresh, seeded loader: the same batches every time)."""
+        self.module.eval()
+        loader = self.loaders("val", self.dist.rank, self.dist.world_size, self.cfg.train.seed)
+        total = torch.zeros((), device=self.dist.device)
+        for _ in range(self.cfg.train.eval_batches):
+            x, y = loader.next_batch()
+            with self.autocast():
+                _, loss = self.module(x.to(self.dist.device), y.to(self.dist.device))
+            total += loss.float()
+        self.module.train()
+        return all_reduce_mean(total / self.cfg.train.eval_batches).item()
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation from llmbook.costs, when the GPU is named in `train.gpu`."""
+        if not self.cfg.train.gpu:
+            return None
+        from llmbook import costs
+
+        peak = costs.get_gpu(self.cfg.train.gpu).peak_bf16 * self.dist.world_size
+        return costs.mfu(tokens_per_s, self.cfg.model_config(), self.cfg.data.block_size, peak)
+
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train until `train.steps` (or stop early after step `until`), logging, evaluating and checkpointing.
+
+        Returns the records logged by this call. `until` leaves the schedule untouched: it is how the
+        book and the tests interrupt a run to resume it later.
+        """
+        cfg, records = self.cfg, []
+        stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
+        self.module.train()
+        quiet = not self.dist.is_main or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step", disable=True if quiet else None)
+        tick, tokens_at_tick = time.perf_counter(), self.tokens_seen
+        while self.step < stop:
+            out = self.train_step()
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                now = time.perf_counter()
+                tokens_per_s = (self.tokens_seen - tokens_at_tick) / max(now - tick, 1e-9)
+                tick, tokens_at_tick = now, self.tokens_seen
+                record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                          "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s),
+                          "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
+                self.metrics.write(record)
+                records.append(record)
+                bar.set_postfix(loss=f"{out['loss']:.3f}")
+            if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
+                record = {"step": self.step, "val_loss": self.evaluate()}
+                self.metrics.write(record)
+                records.append(record)
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
+                self.save()
+        bar.close()
+        return records
+
+
+def run(cfg: RunConfig, out_dir: str | Path, resume: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+    """Build a Trainer and fit it, leaving the process group on exit."""
+    from llmbook.train.parallel import cleanup
+
+    try:
+        return Trainer(cfg, out_dir, resume=resume, **kwargs).fit()
+    finally:
+        cleanup()
