@@ -65,6 +65,11 @@ def export_bpe(bpe: BPETokenizer, path: str | Path) -> Path:
     for s, i in bpe.special_tokens.items():
         if tok.token_to_id(s) != i:
             raise ValueError(f"special token {s!r} got id {tok.token_to_id(s)} in the export, expected {i}")
+    return save_hf_tokenizer(tok, path)
+
+
+def save_hf_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
+    """Write a `tokenizers.Tokenizer` as `tokenizer.json` atomically (a crash never leaves half a file)."""
     text = tok.to_str(pretty=False)
     return atomic_write(path, lambda f: f.write(text))
 
