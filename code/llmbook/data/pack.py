@@ -161,6 +161,7 @@ def _swap_in(new: Path, out: Path) -> None:
     """Replace folder `out` by folder `new` with renames, then fsync the parent so the swap survives a crash.
 
     Between the two renames `out` is briefly absent (the previous set is then under `.NAME.old-*`)."""
+    fsync_dir(new)  # the shard and manifest names inside `new` are on disk before it becomes `out`
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
