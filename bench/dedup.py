@@ -25,31 +25,15 @@ from _common import record  # noqa: E402
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 
 from llmbook.data.dedup import MinHashConfig, jaccard, minhash_signatures, near_duplicates, shingles  # noqa: E402
+from llmbook.data.planted import EDIT_KINDS, near_copy  # noqa: E402
 
 
 def plant(docs: list[str], n: int, rng: np.random.Generator) -> list[tuple[int, str]]:
-    """Mutated copies of `n` random documents: (index of the original, copy)."""
+    """Near-copies (`llmbook.data.planted`) of `n` random documents: (index of the original, copy)."""
     out = []
     for k, i in enumerate(rng.choice(len(docs), size=n, replace=False)):
-        words = docs[i].split()
-        m = max(1, int(len(words) * rng.choice([0.01, 0.02, 0.05, 0.1])))
-        kind = k % 4
-        if kind == 0:
-            for j in rng.choice(len(words), size=m, replace=False):
-                words[j] = words[j].upper() + "x"
-        elif kind == 1:
-            for _ in range(m):
-                words.insert(int(rng.integers(0, len(words) + 1)), "inserted")
-        elif kind == 2:
-            drop = set(rng.choice(len(words), size=m, replace=False).tolist())
-            words = [w for j, w in enumerate(words) if j not in drop]
-        else:
-            parts = docs[i].split(". ")
-            if len(parts) > 2:
-                j = int(rng.integers(0, len(parts) - 1))
-                parts[j], parts[j + 1] = parts[j + 1], parts[j]
-            words = ". ".join(parts).split()
-        out.append((int(i), " ".join(words)))
+        kind = EDIT_KINDS[k % len(EDIT_KINDS)]
+        out.append((int(i), near_copy(docs[i], rng, kind, float(rng.choice([0.01, 0.02, 0.05, 0.1])))[0]))
     return out
 
 

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from llmbook.cli import main
-from llmbook.data.pack import TokenLoader
+from llmbook.data.pack import TokenLoader, file_sha256
 from llmbook.tokenizer import BPETokenizer
 
 SENTENCES = [
@@ -97,6 +97,12 @@ def test_train_tokenize_and_load(corpus, tmp_path, impl):
     assert manifest["documents"] == 12 and manifest["eos_id"] == tok.token_to_id("<|endoftext|>")
     x, y = TokenLoader(shards, batch_size=2, block_size=16).next_batch()
     assert x.shape == (2, 16)
+    # --tokenizer may name the folder: same tokenizer, same hash as the file itself
+    assert main(["data", "tokenize", "--tokenizer", str(out), "--input", str(path), "--out", str(tmp_path / "s2"),
+                 "--val-fraction", "0.1"]) == 0
+    manifest2 = json.loads((tmp_path / "s2" / "manifest.json").read_text())
+    assert manifest2["tokenizer_hash"] == manifest["tokenizer_hash"] == file_sha256(out / "tokenizer.json")
+    assert manifest2["tokens"] == manifest["tokens"]
 
 
 def test_filter_overrides(corpus, tmp_path):

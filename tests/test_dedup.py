@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
 
 from llmbook.data.dedup import (
     MinHashConfig,
@@ -19,29 +20,8 @@ from llmbook.data.dedup import (
     optimal_bands,
     shingles,
 )
+from llmbook.data.planted import EDIT_KINDS, near_copy, near_duplicate, plant_duplicates
 from llmbook.data.sources import load_corpus
-
-
-def mutate(text: str, rng: np.random.Generator, kind: str, strength: float) -> str:
-    """Plant a near-duplicate: word substitutions, insertions, deletions or a sentence swap."""
-    words = text.split()
-    n = max(1, int(len(words) * strength))
-    if kind == "edit":
-        for i in rng.choice(len(words), size=n, replace=False):
-            words[i] = "zzz" + words[i]
-    elif kind == "insert":
-        for _ in range(n):
-            words.insert(int(rng.integers(0, len(words) + 1)), "inserted")
-    elif kind == "delete":
-        drop = set(rng.choice(len(words), size=n, replace=False).tolist())
-        words = [w for i, w in enumerate(words) if i not in drop]
-    elif kind == "reorder":
-        sentences = text.split(". ")
-        if len(sentences) > 2:
-            i = int(rng.integers(0, len(sentences) - 1))
-            sentences[i], sentences[i + 1] = sentences[i + 1], sentences[i]
-        return ". ".join(sentences)
-    return " ".join(words)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +31,26 @@ def planted(data_dir):
     rng = np.random.default_rng(0)
     docs = list(base)
     for k in range(150):
-        kind = ["edit", "insert", "delete", "reorder"][k % 4]
-        docs.append(mutate(base[k], rng, kind, strength=float(rng.choice([0.01, 0.03, 0.06, 0.15, 0.3]))))
+        kind = EDIT_KINDS[k % len(EDIT_KINDS)]
+        docs.append(near_copy(base[k], rng, kind, strength=float(rng.choice([0.01, 0.03, 0.06, 0.15, 0.3])))[0])
     sets = [shingles(d) for d in docs]
     truth = {(i, j): jaccard(sets[i], sets[j]) for i in range(len(docs)) for j in range(i + 1, len(docs))}
     return docs, truth
+
+
+def test_planted_near_copies_are_never_exact_duplicates():
+    rng = np.random.default_rng(0)
+    assert near_duplicate("Did a bob see a noon? Wow.", rng, "substitute", 0.1) != "Did a bob see a noon? Wow."
+    swapped = near_duplicate("First one. Second one! Third one? Fourth.", rng, "swap_sentences", 0.1)
+    assert sorted(swapped.split()) == sorted("First one. Second one! Third one? Fourth.".split())
+    with pytest.raises(ValueError, match="cannot make"):
+        near_duplicate("Only one sentence here", rng, "swap_sentences", 0.1)
+    # Short, palindromic and one-sentence documents: exact dedup must find exactly the verbatim copies.
+    texts = [f"{t} {w}" for w in ("ada", "bob", "otto", "anna", "did") for t in
+             ("Only one sentence", "A b a. A b a.", "Did a noon, did.", "Wow! Mom? Dad.")]
+    records = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+    planted = plant_duplicates(records, n_exact=3, n_near=15, seed=3)
+    assert int((~exact_duplicates(r["text"] for r in planted)).sum()) == 3
 
 
 def test_exact_duplicates_ignore_case_whitespace_and_punctuation():
@@ -95,7 +90,11 @@ def test_lsh_precision_recall_against_brute_force(planted):
     """Truth = pairs with exact Jaccard >= threshold. Pairs within ±0.1 of the threshold may go either way."""
     docs, truth = planted
     t = 0.7
-    result = near_duplicates(docs, MinHashConfig(num_perm=128, threshold=t))
+    # Equal weights give 14x9 bands, whose S-curve still misses ~5% of pairs at J = 0.83; weighting false
+    # negatives more (16x8) moves the curve left so that pairs clearly above the threshold are found.
+    cfg = MinHashConfig(num_perm=128, threshold=t, false_positive_weight=0.3, false_negative_weight=0.7)
+    assert (cfg.bands, cfg.rows) == (16, 8)
+    result = near_duplicates(docs, cfg)
     found = {tuple(p) for p in result.pairs.tolist()}
     clear_pos = {p for p, j in truth.items() if j >= t + 0.1}
     clear_neg = {p for p, j in truth.items() if j < t - 0.1}
@@ -141,7 +140,9 @@ def test_big_buckets_are_linked_as_stars():
 
 
 def test_config_validation_and_optimal_bands():
-    assert optimal_bands(0.8, 128) == (9, 13)  # the same optimum datasketch computes
+    for threshold, num_perm in [(0.5, 64), (0.7, 128), (0.8, 128), (0.9, 256)]:
+        assert optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert optimal_bands(0.8, 128, false_positive_weight=0.1, false_negative_weight=0.9) == _optimal_param(0.8, 128, 0.1, 0.9)
     with pytest.raises(ValueError, match="bands"):
         MinHashConfig(num_perm=16, bands=8, rows=4)
     with pytest.raises(ValueError, match="threshold"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,27 @@ def test_clean_text_repairs():
     assert clean_text("a\r\nb\x00c\ufeff  \n\n\n\nd") == "a\nbc\n\nd"
     assert clean_text("bad \udcff byte \ud800") == "bad \ufffd byte \ufffd"
     assert clean_text("naïve Straße Ça va") == "naïve Straße Ça va"  # legitimate accents are untouched
+    assert clean_text("ä¸­æ–‡ Ã¼ber") == "中文 über"  # whole-text mojibake, also outside Latin-1
+
+
+def test_clean_text_keeps_correct_accented_text():
+    # ß before “ and é before NBSP + » are valid UTF-8 byte patterns when read as cp1252: not mojibake.
+    for text in ("„Er ist groß“", "er ist groß“ und Straße“", "la sécurité\xa0».", "le café\xa0» fin"):
+        assert clean_text(text) == text
+
+
+def test_clean_text_repairs_truncated_closing_quote():
+    # ” is E2 80 9D; 0x9D has no cp1252 character and is often lost, leaving â€ before a space or the end.
+    assert clean_text("He said â€œhiâ€ and left.") == "He said “hi” and left."
+    assert clean_text("â€œhiâ€") == "“hi”"
+    assert clean_text("â€œhiâ€.") == "“hi”."
+
+
+@pytest.mark.parametrize("lang", ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "zho_Hans"])
+def test_clean_text_leaves_flores_unchanged(data_dir, lang):
+    lines = (data_dir / "flores200" / f"{lang}.dev").read_text(encoding="utf-8").splitlines()
+    nfc = [unicodedata.normalize("NFC", line) for line in lines]
+    assert [line for line in nfc if clean_text(line) != line.strip()] == []  # only edge whitespace goes
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -98,7 +120,19 @@ def test_report_adds_up_and_keeps_examples():
     assert len(kept) == report["kept_documents"] and len(removed) == report["removed_documents"]
     assert report["filters"]["word_count"]["documents"] == 1
     assert report["filters"]["word_count"]["examples"] == [{"id": "1", "text": "short"}]
-    assert sum(f["characters"] for f in report["filters"].values()) + report["kept_characters"] <= report["input_characters"]
+    removed_chars = sum(f["characters"] for f in report["filters"].values())
+    assert removed_chars == report["removed_characters"]
+    assert report["input_characters"] == report["kept_characters"] + removed_chars + report["cleaning_removed_characters"]
+
+
+def test_report_characters_add_up_with_cleaning():
+    docs = [{"id": "a", "text": "  cafÃ© " + PROSE + "\r\n\n\n\n\x00"}, {"id": "b", "text": "short \x00\x01 text  "}]
+    q = QualityFilter()
+    list(q(docs))
+    report = q.report()
+    assert report["cleaning_removed_characters"] > 0
+    assert report["input_characters"] == (report["kept_characters"] + report["removed_characters"]
+                                          + report["cleaning_removed_characters"])
 
 
 def test_config_and_names_are_validated():

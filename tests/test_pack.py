@@ -197,16 +197,32 @@ def test_resume_property(packed_dir, batch, block, world, stop, seed):
         assert all(torch.equal(resumed.next_batch()[0], ref) for ref in reference[stop:])
 
 
-def test_failed_write_leaves_no_manifest(tmp_path):
-    write_shards(["old"], byte_encode, tmp_path, eos_id=EOS, progress=False)
+def test_failed_write_keeps_the_previous_shard_set(tmp_path):
+    out = tmp_path / "shards"
+    old = write_shards(corpus(50), byte_encode, out, eos_id=EOS, shard_tokens=100, val_fraction=0.1, progress=False)
+    batch = TokenLoader(out, 2, 8, seed=0).next_batch()[0]
 
     def explode(text):
         if text == "bad":
             raise RuntimeError("tokenizer crashed")
         return byte_encode(text)
 
-    with pytest.raises(RuntimeError):
-        write_shards(["fine"] * 50 + ["bad"], explode, tmp_path, eos_id=EOS, shard_tokens=16, progress=False)
-    assert not (tmp_path / "manifest.json").exists()  # a directory without a manifest is never loaded
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        TokenLoader(tmp_path, 1, 4)
+    with pytest.raises(RuntimeError):  # fails after several new shards were written
+        write_shards(["fine"] * 50 + ["bad"], explode, out, eos_id=EOS, shard_tokens=16, progress=False)
+    assert read_manifest(out) == old  # the previous set is intact and loadable
+    assert torch.equal(TokenLoader(out, 2, 8, seed=0).next_batch()[0], batch)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no temporary folder left behind
+    new = write_shards(["fine"] * 50, byte_encode, out, eos_id=EOS, shard_tokens=16, progress=False)
+    assert read_manifest(out) == new and new["documents"] == 50
+    names = {s["file"] for split in new["splits"].values() for s in split["shards"]}
+    assert {p.name for p in out.iterdir()} == names | {"manifest.json"}  # no stale shard of the old set
+
+
+def test_rewrite_keeps_other_files_of_the_folder(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("mine")
+    write_shards(["doc one"] * 3, byte_encode, tmp_path, eos_id=EOS, shard_tokens=4, progress=False)
+    write_shards(["doc two"], byte_encode, tmp_path, eos_id=EOS, progress=False)
+    assert (tmp_path / "tokenizer.json").read_text() == "{}" and (tmp_path / "sub" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "sub", "tokenizer.json", "train_00000.bin"]

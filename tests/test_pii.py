@@ -43,6 +43,19 @@ def test_recall_per_type(kind):
     assert found / sum(len(c["pii"]) for c in cases) >= 0.9
 
 
+@pytest.mark.parametrize("kind", sorted(PLACEHOLDERS))
+def test_precision_per_type(kind):
+    # Of all detections of this type over the whole set, at least 90% are labelled with this type and span.
+    found = [(c, (m.type, m.text)) for c in CASES for m in find_pii(c["text"]) if m.type == kind]
+    correct = sum(hit in {tuple(p) for p in c["pii"]} for c, hit in found)
+    assert found and correct / len(found) >= 0.9, [hit for c, hit in found if hit not in {tuple(p) for p in c["pii"]}]
+
+
+def test_phone_digit_groups():
+    assert [(m.type, m.text) for m in find_pii("Call 415 555 2671 now.")] == [("PHONE", "415 555 2671")]
+    assert find_pii("The inventory lists 8 045 311 447 screws.") == []  # the tail of a longer number
+
+
 def test_tricky_negatives_are_left_alone():
     negatives = [c["text"] for c in CASES if not c["pii"]]
     flagged = [t for t in negatives if find_pii(t)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmbook.data import planted
-from llmbook.data.dedup import jaccard, shingles
+from llmbook.data.dedup import MinHashConfig, jaccard, shingles
 from llmbook.data.filters import FilterConfig
 from llmbook.data.pipeline import prepare, resolve_filters
 from llmbook.data.sources import load_corpus, load_inputs
@@ -50,6 +50,29 @@ def test_prepare_finds_what_was_planted(stories):
     values = [v for _, _, v in planted.PII_SNIPPETS]
     assert not any(v in r["text"] for r in kept for v in values)
     assert sum(report["pii"]["spans"].values()) >= sum("planted_pii" in r for r in kept)
+
+
+def test_prepare_near_duplicates_against_planted_truth(stories):
+    dirty = planted.plant_duplicates(stories, n_exact=0, n_near=40, seed=4, strengths=(0.01, 0.02, 0.05, 0.3, 0.5))
+    # Threshold 0.7 with false negatives weighted up (16 bands x 8 rows): pairs at J >= 0.8 are found.
+    cfg = MinHashConfig(threshold=0.7, false_positive_weight=0.3, false_negative_weight=0.7)
+    kept, report = prepare(dirty, filters="none", minhash=cfg, pii=False, progress=False)
+    kept_ids = {r["id"] for r in kept}
+    by_id = {d["id"]: d for d in dirty}
+    near = [d for d in dirty if d.get("planted", "exact") != "exact"]
+    sims = {d["id"]: jaccard(shingles(d["text"]), shingles(by_id[d["copy_of"]]["text"])) for d in near}
+    clear_dups = [d for d in near if sims[d["id"]] >= 0.8]
+    clear_distinct = [d for d in near if sims[d["id"]] < 0.5]
+    assert len(clear_dups) >= 10 and len(clear_distinct) >= 5
+    for d in clear_dups:  # recall: exactly one of copy and original survives
+        assert (d["id"] in kept_ids) + (d["copy_of"] in kept_ids) == 1, d["planted"]
+    for d in clear_distinct:  # precision: far-apart copies are both kept
+        assert d["id"] in kept_ids and d["copy_of"] in kept_ids, d["planted"]
+    # Everything MinHash removed is a planted copy or the original of one (TinyStories has no other near-dups).
+    involved = {d["id"] for d in near} | {d["copy_of"] for d in near}
+    removed = {d["id"] for d in dirty if d["id"] not in kept_ids}
+    assert removed <= involved and len(removed) == report["removed"]["near_duplicates"]
+    assert report["removed"]["exact_duplicates"] == 0  # no near-copy is an exact copy
 
 
 def test_prepare_options_and_errors(stories):

@@ -61,8 +61,14 @@ def test_parquet_streams_rows(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["a", "b", None], "n": [1, 2, 3]}), tmp_path / "p.parquet", row_group_size=2)
-    recs = list(read_parquet(tmp_path / "p.parquet", batch_size=1))
+    skips = Counter()
+    recs = list(read_parquet(tmp_path / "p.parquet", batch_size=1, skips=skips))
     assert [(r["text"], r["n"]) for r in recs] == [("a", 1), ("b", 2)]
+    assert skips == {"no_text_string": 1}  # the null row is counted, not dropped silently
+    with pytest.raises(ValueError, match="row 2: no text string"):
+        list(read_parquet(tmp_path / "p.parquet"))
+    skips = Counter()
+    assert len(list(load_corpus(tmp_path / "p.parquet", skips=skips))) == 2 and skips == {"no_text_string": 1}
     with pytest.raises(ValueError, match="no column"):
         list(read_parquet(tmp_path / "p.parquet", text_field="body"))
 
@@ -106,3 +112,13 @@ def test_hf_datasets_streams_local_files(tmp_path):
     recs = list(read_hf("json", data_files=str(path), source="local"))
     assert [r["text"] for r in recs] == [f"doc {i}" for i in range(5)]
     assert recs[0]["id"] == "local:0" and recs[0]["source"] == "local"
+
+
+def test_hf_datasets_counts_rows_without_text(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in ["a", None, "b"]) + "\n")
+    skips = Counter()
+    assert [r["text"] for r in read_hf("json", data_files=str(path), skips=skips)] == ["a", "b"]
+    assert skips == {"no_text_string": 1}
+    with pytest.raises(ValueError, match="row 1: no text string"):
+        list(read_hf("json", data_files=str(path)))

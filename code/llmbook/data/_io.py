@@ -28,6 +28,20 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
     return path
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (new names from renames) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_json(path: str | Path, obj: object) -> Path:
     """Write `obj` as indented JSON atomically (@sec-data-pack)."""
     return atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False))

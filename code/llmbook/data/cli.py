@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     tok = sub.add_parser("tokenize", help="tokenize documents into uint16/uint32 shards with a manifest")
     _add_input_args(tok)
-    tok.add_argument("--tokenizer", required=True, help="tokenizer.json (from `llmbook tokenizer train`)")
+    tok.add_argument("--tokenizer", required=True, help="tokenizer.json, or the folder holding it (from `llmbook tokenizer train`)")
     tok.add_argument("--out", required=True, help="shard folder")
     tok.add_argument("--eos", default="<|endoftext|>", help="end-of-text token appended after each document")
     tok.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (default 16M)")
@@ -101,9 +101,10 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from llmbook.tokenizer.hf import load_hf_tokenizer
+    from llmbook.tokenizer.hf import load_hf_tokenizer, tokenizer_file
 
-    tok = load_hf_tokenizer(args.tokenizer)
+    tok_path = tokenizer_file(args.tokenizer)  # a folder means its tokenizer.json: load and hash the same file
+    tok = load_hf_tokenizer(tok_path)
     eos = tok.token_to_id(args.eos)
     if eos is None:
         raise ValueError(f"the tokenizer has no token {args.eos!r} to use as EOS (pass --eos)")
@@ -119,7 +120,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         return tok.encode(text, add_special_tokens=False).ids
 
     manifest = write_shards(records, encode, args.out, eos_id=eos,
-                            shard_tokens=args.shard_tokens, tokenizer_hash=file_sha256(args.tokenizer),
+                            shard_tokens=args.shard_tokens, tokenizer_hash=file_sha256(tok_path),
                             vocab_size=tok.get_vocab_size(), val_fraction=args.val_fraction)
     if skipped or literal_eos:
         manifest["unreadable"] = dict(skipped)

@@ -75,12 +75,15 @@ def _false_negative(threshold: float, b: int, r: int, grid: int = 1000) -> float
     return float(np.trapezoid((1 - s**r) ** b, s))
 
 
-def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) minimising the area of false positives plus false negatives around `threshold`."""
+def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.5,
+                  false_negative_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted areas of false positives and false negatives around `threshold`,
+    as `datasketch` does; a larger false-negative weight moves the S-curve left (more recall, more candidates)."""
     best, params = float("inf"), (1, num_perm)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            err = _false_positive(threshold, b, r) + _false_negative(threshold, b, r)
+            err = (false_positive_weight * _false_positive(threshold, b, r)
+                   + false_negative_weight * _false_negative(threshold, b, r))
             if err < best:
                 best, params = err, (b, r)
     return params
@@ -98,6 +101,8 @@ class MinHashConfig:
     seed: int = 1
     verify: bool = True
     max_bucket: int = 100
+    false_positive_weight: float = 0.5  # weights of the two error areas when bands/rows are chosen
+    false_negative_weight: float = 0.5
     batch_shingles: int = 4096  # shingles per vectorised block: (4096 x num_perm) uint32 stays in cache
 
     def __post_init__(self) -> None:
@@ -107,10 +112,14 @@ class MinHashConfig:
             raise ValueError(f"MinHashConfig.ngram must be positive, got {self.ngram}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"MinHashConfig.threshold must be in (0, 1], got {self.threshold}")
+        if min(self.false_positive_weight, self.false_negative_weight) < 0 or (
+                self.false_positive_weight + self.false_negative_weight <= 0):
+            raise ValueError("MinHashConfig.false_positive_weight and false_negative_weight must be non-negative "
+                             f"with a positive sum, got {self.false_positive_weight}, {self.false_negative_weight}")
         if (self.bands is None) != (self.rows is None):
             raise ValueError("MinHashConfig.bands and rows must be given together (or both left to the optimiser)")
         if self.bands is None:
-            b, r = optimal_bands(self.threshold, self.num_perm)
+            b, r = optimal_bands(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
             object.__setattr__(self, "bands", b)
             object.__setattr__(self, "rows", r)
         if self.bands <= 0 or self.rows <= 0 or self.bands * self.rows > self.num_perm:
@@ -182,7 +191,9 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, rows: int, max_bucke
     """Pairs (i < j) that share at least one whole band of their signatures, shape (n_pairs, 2), sorted.
 
     A bucket larger than `max_bucket` (a big cluster of copies) is linked as a star around its first member
-    instead of all k(k-1)/2 pairs; the clusters are the same, the pair list stays linear in k.
+    instead of all k(k-1)/2 pairs, so the pair list stays linear in k. Without verification the clusters are
+    the same as with all pairs; with verification they can be smaller, because a member whose similarity to
+    the hub is below the threshold is not joined even if it is a near-copy of another member.
     """
     n = len(signatures)
     found = []

@@ -20,36 +20,83 @@ import regex
 # ----------------------------------------------------------------------------------------------- cleaning
 
 _ESCAPED_OR_SURROGATE = regex.compile(r"[\ud800-\udfff]")
-# A UTF-8 lead byte followed by continuation bytes, all decoded as cp1252: the signature of mojibake.
-_MOJIBAKE = regex.compile(
-    "[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
-    "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]+"
+# Characters cp1252 shows for the bytes 0x80-0xBF (UTF-8 continuation bytes); its five undefined bytes pass
+# through as the C1 controls of the same value.
+_CONT = (
+    "\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+    "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122"
+)
+# Characteristic mojibake: one whole UTF-8 sequence decoded as cp1252 whose lead byte is one that real text
+# almost never puts before such a character: Â/Ã (U+0080-U+00FF: accented Latin letters, NBSP, « »),
+# Ä/Å (Latin Extended-A), Ð/Ñ (Cyrillic), or â€/â„ (general punctuation: quotes, dashes, ellipsis, ™).
+# Other lead bytes (ß, é, ...) are common letters before « » or NBSP in correct text, so they are repaired
+# only when the whole text decodes (below).
+_MOJIBAKE = regex.compile(f"[\u00c2-\u00c5\u00d0\u00d1][{_CONT}]|\u00e2[\u20ac\u201e][{_CONT}]")
+# The closing quote ” is E2 80 9D; 0x9D is undefined in cp1252 and often lost, leaving â€ then a space/end.
+_TRUNCATED_QUOTE = regex.compile(f"\u00e2\u20ac(?![{_CONT}])(?=\\s|\\p{{P}}|$)")
+_LEAD_ANY = regex.compile(f"[\u00c2-\u00f4][{_CONT}]")
+_NON_ASCII = regex.compile(r"[^\x00-\x7f]")
+# Scripts a repair may produce; a "repair" into, say, N'Ko (groß“ -> groߓ) is a coincidence, not a fix.
+_USUAL_SCRIPT = regex.compile(
+    r"[\p{Latin}\p{Common}\p{Inherited}\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Cyrillic}\p{Greek}"
+    r"\p{Arabic}\p{Hebrew}\p{Devanagari}\p{Thai}]"
 )
 _CONTROL = regex.compile(r"[\p{Cc}\ufeff\u200b--[\n\t]]", flags=regex.V1)
 _TRAILING_SPACE = regex.compile(r"[ \t]+\n")
 _BLANK_RUNS = regex.compile(r"\n{3,}")
 
 
-def _cp1252_byte(ch: str) -> int:
-    """The byte cp1252 decodes to `ch`; the five bytes cp1252 leaves undefined pass through as latin-1."""
-    try:
-        return ch.encode("cp1252")[0]
-    except UnicodeEncodeError:
-        return ord(ch)
+def _cp1252_bytes(text: str) -> bytes:
+    """The bytes cp1252 decodes to `text`; the five bytes cp1252 leaves undefined pass through as latin-1."""
+    out = bytearray()
+    for ch in text:
+        try:
+            out += ch.encode("cp1252")
+        except UnicodeEncodeError:
+            if ord(ch) > 0xFF:
+                raise ValueError(f"{ch!r} has no cp1252 byte") from None
+            out.append(ord(ch))
+    return bytes(out)
+
+
+def _plausible(text: str) -> bool:
+    """A repair may not create controls, private-use or unassigned characters (ftfy's "less weird" test)."""
+    return not any(unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs") and ch not in "\n\t\r" for ch in text)
 
 
 def _fix_mojibake(match: regex.Match) -> str:
     try:
-        return bytes(_cp1252_byte(ch) for ch in match.group()).decode("utf-8")
+        fixed = _cp1252_bytes(match.group()).decode("utf-8")
     except (UnicodeDecodeError, ValueError):
         return match.group()
+    return fixed if _plausible(fixed) else match.group()
+
+
+def _repair_encoding(text: str) -> str:
+    """Undo UTF-8 read as cp1252, conservatively (@sec-data-filters).
+
+    The whole text is re-decoded when every one of its (at least four) non-ASCII characters belongs to a valid
+    UTF-8 sequence and the result is in a common script (`ä¸­æ–‡` -> `中文`); otherwise only characteristic
+    sequences are (Ã©, Â», â€œ, and a â€ that lost its last byte), so correct text is left alone.
+    """
+    if len(_NON_ASCII.findall(text)) >= 4 and _LEAD_ANY.search(text):
+        try:
+            whole = _cp1252_bytes(text).decode("utf-8")
+        except (UnicodeDecodeError, ValueError):
+            pass
+        else:  # every non-ASCII character took part in a valid UTF-8 sequence: mojibake from end to end
+            if _plausible(whole) and all(_USUAL_SCRIPT.match(ch) for ch in _NON_ASCII.findall(whole)):
+                return whole
+    text = _MOJIBAKE.sub(_fix_mojibake, text)
+    return _TRUNCATED_QUOTE.sub("\u201d", text)
 
 
 def clean_text(text: str) -> str:
     """Repair and normalise text (@sec-data-filters); never raises, whatever the input.
 
     1. undecodable bytes (surrogate escapes) and lone surrogates become U+FFFD;
-    2. mojibake (UTF-8 that was decoded as cp1252, e.g. `cafÃ©`) is decoded again (`café`);
+    2. mojibake (UTF-8 that was decoded as cp1252, e.g. `cafÃ©`) is decoded again (`café`), but only where
+       it is characteristic (`_repair_encoding`), so correct accented text (`groß“`, `sécurité »`) is kept;
     3. Unicode NFC; line breaks become `\\n`; control characters other than newline and tab, the BOM and
        zero-width spaces are removed; trailing spaces are dropped and runs of blank lines collapse to one.
 
@@ -57,7 +104,7 @@ def clean_text(text: str) -> str:
     """
     for _ in range(4):  # each step can expose work for another (a removed control joins mojibake): iterate
         new = _ESCAPED_OR_SURROGATE.sub("\ufffd", text)
-        new = _MOJIBAKE.sub(_fix_mojibake, new)
+        new = _repair_encoding(new)
         new = unicodedata.normalize("NFC", new)
         new = new.replace("\r\n", "\n").replace("\r", "\n")
         new = _CONTROL.sub("", new)
@@ -265,11 +312,10 @@ def top_ngrams(doc: Doc, cfg: FilterConfig) -> bool:
 def duplicate_ngrams(doc: Doc, cfg: FilterConfig) -> bool:
     """Gopher: characters inside repeated word n-grams (n=5..10) may be at most a fraction of all characters."""
     words = doc.words
-    total = sum(len(w) for w in words)
     for n, limit in cfg.max_duplicate_ngram_chars_fraction:
-        if len(words) < n or total == 0:
+        grams, total = _ngram_chars(words, n)
+        if not grams or total == 0:
             continue
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         covered = [False] * len(words)
         for i in range(len(words) - n + 1):
             if grams[tuple(words[i : i + n])] > 1:
@@ -325,7 +371,7 @@ class QualityFilter:
         self.n_examples = n_examples
         self.stats = {n: FilterStats() for n in names}
         self.input_documents = self.kept_documents = 0
-        self.input_characters = self.kept_characters = 0
+        self.input_characters = self.kept_characters = self.cleaning_characters = 0
 
     def first_failure(self, text: str) -> str | None:
         """Name of the first filter the text fails, or None if it passes them all."""
@@ -341,6 +387,7 @@ class QualityFilter:
             text = clean_text(rec["text"]) if self.clean else rec["text"]
             self.input_documents += 1
             self.input_characters += len(rec["text"])
+            self.cleaning_characters += len(rec["text"]) - len(text)
             reason = self.first_failure(text)
             if reason is None:
                 self.kept_documents += 1
@@ -356,13 +403,17 @@ class QualityFilter:
                 removed.append((rec, reason))
 
     def report(self) -> dict[str, Any]:
-        """Counts per filter plus totals (input = kept + sum of removed)."""
+        """Counts per filter plus totals: documents, input = kept + removed; characters, input = kept + removed
+        by the filters + removed by cleaning (whitespace, controls, repairs; negative in the rare case where
+        NFC lengthens text)."""
         return {
             "input_documents": self.input_documents,
             "kept_documents": self.kept_documents,
             "removed_documents": sum(s.documents for s in self.stats.values()),
             "input_characters": self.input_characters,
             "kept_characters": self.kept_characters,
+            "removed_characters": sum(s.characters for s in self.stats.values()),
+            "cleaning_removed_characters": self.cleaning_characters,
             "filters": {n: asdict(s) for n, s in self.stats.items()},
             "config": asdict(self.config),
         }

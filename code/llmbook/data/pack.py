@@ -15,6 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmbook.data._io import atomic_write, progress_bar, write_json
+from llmbook.data._io import atomic_write, fsync_dir, progress_bar, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -105,7 +109,11 @@ def write_shards(
     `texts` yields strings or records with a `"text"` (and optional `"source"`) field. `vocab_size` picks the
     dtype (uint16 up to 65,536 ids, else uint32) and bounds the ids; without it the shards are uint16 and an
     id above 65,535 raises ValueError asking for it. Empty documents are skipped and counted. Returns the
-    manifest, which is written last, so a directory with a manifest is complete.
+    manifest.
+
+    Everything is written into a temporary sibling folder, manifest last, which then replaces `out_dir` by
+    renames: a failure at any point leaves the previous shard set of `out_dir` intact and loadable. Other
+    files already in `out_dir` (a tokenizer.json) are carried over to the new folder as hard links or copies.
     """
     if shard_tokens <= 0:
         raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
@@ -119,13 +127,56 @@ def write_shards(
     dtype = token_dtype(bound)
     if eos_id >= bound:
         raise ValueError(f"eos_id {eos_id} does not fit uint16 shards: pass vocab_size")
-    max_id = eos_id
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
-    for split in SPLITS:
-        for stale in out.glob(f"{split}_*.bin"):
-            stale.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        for entry in out.iterdir() if out.is_dir() else ():
+            if not _SHARD_FILE.fullmatch(entry.name):
+                if entry.is_dir():
+                    shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy, symlinks=True)
+                else:
+                    _link_or_copy(entry, tmp / entry.name)
+        manifest = _write_shards(texts, encode, tmp, eos_id, shard_tokens, tokenizer_hash, vocab_size, val_fraction,
+                                 bound, dtype, progress)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+_SHARD_FILE = re.compile(rf"(?:{'|'.join(SPLITS)})_\d{{5}}\.bin|{re.escape(MANIFEST)}|\..*\.tmp")
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link `src` to `dst` (instant, no extra space), or copy it where links are not possible."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace folder `out` by folder `new` with renames, then fsync the parent so the swap survives a crash.
+
+    Between the two renames `out` is briefly absent (the previous set is then under `.NAME.old-*`)."""
+    fsync_dir(new)  # the shard and manifest names inside `new` are on disk before it becomes `out`
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(new, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _write_shards(texts: Iterable[str | Mapping[str, Any]], encode: Callable[[str], list[int]], out: Path, eos_id: int,
+                  shard_tokens: int, tokenizer_hash: str, vocab_size: int | None, val_fraction: float, bound: int,
+                  dtype: np.dtype, progress: bool) -> dict[str, Any]:
+    max_id = eos_id
     writers = {split: _ShardWriter(out, split, dtype, shard_tokens) for split in SPLITS}
     sources: dict[str, dict[str, int]] = {}
     n_docs = skipped_empty = 0

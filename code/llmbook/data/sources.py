@@ -112,6 +112,13 @@ def read_text(path: str | Path, separator: str = "paragraph", source: str | None
             yield _record(source, i, text)
 
 
+def _skip(skips: Counter | None, reason: str, where: str) -> None:
+    """Count a bad record under `reason`, or raise when the caller gave no counter."""
+    if skips is None:
+        raise ValueError(f"{where}: {reason.replace('_', ' ')}")
+    skips[reason] += 1
+
+
 def read_jsonl(
     path: str | Path, text_field: str = "text", source: str | None = None, skips: Counter | None = None
 ) -> Iterator[Record]:
@@ -144,8 +151,11 @@ def read_jsonl(
             yield rec
 
 
-def read_parquet(path: str | Path, text_field: str = "text", source: str | None = None, batch_size: int = 1024) -> Iterator[Record]:
-    """Stream records from a Parquet file batch by batch (only the row groups being read are in memory)."""
+def read_parquet(path: str | Path, text_field: str = "text", source: str | None = None, batch_size: int = 1024,
+                 skips: Counter | None = None) -> Iterator[Record]:
+    """Stream records from a Parquet file batch by batch (only the row groups being read are in memory).
+
+    A row whose text is not a string (null) raises, or is counted in `skips` as `no_<field>_string`."""
     import pyarrow.parquet as pq
 
     path = _existing(path)
@@ -159,6 +169,8 @@ def read_parquet(path: str | Path, text_field: str = "text", source: str | None 
             text = row.pop(text_field)
             if isinstance(text, str):
                 yield _record(source, index, text, **{k: v for k, v in row.items() if k not in ("id", "source")})
+            else:
+                _skip(skips, f"no_{text_field}_string", f"{path}: row {index}")
             index += 1
 
 
@@ -180,10 +192,10 @@ def read_gutenberg(root: Path) -> Iterator[Record]:
 
 def read_hf(
     path: str, name: str | None = None, split: str = "train", text_field: str = "text", source: str | None = None,
-    data_files: str | list[str] | None = None,
+    data_files: str | list[str] | None = None, skips: Counter | None = None,
 ) -> Iterator[Record]:
     """Stream a Hugging Face `datasets` dataset: a hub name (needs network) or a builder such as "json" or
-    "parquet" with local `data_files`."""
+    "parquet" with local `data_files`. A row without a string text raises, or is counted in `skips`."""
     import datasets
 
     ds = datasets.load_dataset(path, name, split=split, streaming=True, data_files=data_files)
@@ -192,6 +204,8 @@ def read_hf(
         text = row.get(text_field)
         if isinstance(text, str):
             yield _record(source, i, text)
+        else:
+            _skip(skips, f"no_{text_field}_string", f"{path}: row {i}")
 
 
 def load_corpus(name_or_path: str | Path, separator: str | None = None, text_field: str = "text",
@@ -211,11 +225,11 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
             return read_text(root / rel, separator or rule, source=key)
         if key in HUB:
             path, config, split, field = HUB[key]
-            return read_hf(path, config, split, field, source=key)
+            return read_hf(path, config, split, field, source=key, skips=skips)
         raise FileNotFoundError(f"corpus {key!r} needs the data folder: set LLMBOOK_DATA to it")
     if key in HUB:
         path, config, split, field = HUB[key]
-        return read_hf(path, config, split, field, source=key)
+        return read_hf(path, config, split, field, source=key, skips=skips)
     path = Path(key)
     if not path.exists():
         raise FileNotFoundError(f"{key}: no such file, and not a corpus name ({sorted(set(NAMED) | set(HUB))})")
@@ -223,7 +237,7 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
     if path.suffix in (".jsonl", ".json") or suffixes in (".jsonl.gz", ".jsonl.xz"):
         return read_jsonl(path, text_field, skips=skips)
     if path.suffix == ".parquet":
-        return read_parquet(path, text_field)
+        return read_parquet(path, text_field, skips=skips)
     return read_text(path, separator or "paragraph")
 
 

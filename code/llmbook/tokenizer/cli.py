@@ -9,10 +9,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from llmbook.data._io import atomic_write
 from llmbook.data.sources import SEPARATORS, load_inputs
 from llmbook.tokenizer.bpe import BPETokenizer
-from llmbook.tokenizer.hf import train_hf_tokenizer
+from llmbook.tokenizer.hf import save_hf_tokenizer, train_hf_tokenizer
 from llmbook.tokenizer.pretokenize import PATTERNS
 
 
@@ -70,8 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         hf = train_hf_tokenizer(texts, args.vocab_size, special_tokens=specials, pattern=args.pattern,
                                 progress=not os.environ.get("TQDM_DISABLE"))
-        text = hf.to_str(pretty=False)
-        atomic_write(out / "tokenizer.json", lambda f: f.write(text))
+        save_hf_tokenizer(hf, out / "tokenizer.json")
         size = hf.get_vocab_size()
     note = f"; skipped {sum(skipped.values())} unreadable records {dict(skipped)}" if skipped else ""
     print(f"trained {args.impl} BPE with {size} tokens in {time.perf_counter() - start:.1f} s -> {out / 'tokenizer.json'}{note}")

@@ -65,15 +65,25 @@ def export_bpe(bpe: BPETokenizer, path: str | Path) -> Path:
     for s, i in bpe.special_tokens.items():
         if tok.token_to_id(s) != i:
             raise ValueError(f"special token {s!r} got id {tok.token_to_id(s)} in the export, expected {i}")
+    return save_hf_tokenizer(tok, path)
+
+
+def save_hf_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
+    """Write a `tokenizers.Tokenizer` as `tokenizer.json` atomically (a crash never leaves half a file)."""
     text = tok.to_str(pretty=False)
     return atomic_write(path, lambda f: f.write(text))
 
 
-def load_hf_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a `tokenizer.json`, with a clear error when the file is missing."""
+def tokenizer_file(path: str | Path) -> Path:
+    """The `tokenizer.json` that `path` names: the file itself, or the one inside a folder; must exist."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    return Tokenizer.from_file(str(path))
+    return path
+
+
+def load_hf_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a `tokenizer.json` (or the one in a folder), with a clear error when the file is missing."""
+    return Tokenizer.from_file(str(tokenizer_file(path)))
