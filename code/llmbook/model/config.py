@@ -12,6 +12,8 @@ from typing import Any
 MLP_TYPES = ("gelu", "swiglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POS_TYPES = ("learned", "sinusoidal", "rope", "alibi")
+NORM_POSITIONS = ("pre", "post")
+ATTN_IMPLS = ("auto", "naive", "sdpa", "tiled", "triton")
 
 
 @dataclass
@@ -34,6 +36,13 @@ class GPTConfig:
     pos_emb: str = "learned"
     bias: bool = True
     tie_weights: bool = True
+    dropout: float = 0.0  # on embeddings and on each residual branch (attention probabilities are not dropped)
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"  # "pre" (GPT-2, Llama) or "post" (original transformer, BERT)
+    rope_base: float = 10000.0  # theta of RoPE; Llama 3 uses 500000
+    sliding_window: int | None = None  # each query sees at most this many keys (itself included); None: all
+    attn_impl: str = "auto"  # see llmbook.kernels.attention
+    causal: bool = True  # False: a bidirectional encoder (masked-LM) built from the same blocks
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # options owned by later chapters
 
     def __post_init__(self) -> None:
@@ -52,6 +61,24 @@ class GPTConfig:
         for name, allowed in (("mlp", MLP_TYPES), ("norm", NORM_TYPES), ("pos_emb", POS_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
+        for name, allowed in (("norm_position", NORM_POSITIONS), ("attn_impl", ATTN_IMPLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"GPTConfig.norm_eps must be positive, got {self.norm_eps!r}")
+        if not self.rope_base > 1:
+            raise ValueError(f"GPTConfig.rope_base must be greater than 1, got {self.rope_base!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ValueError(f"GPTConfig.sliding_window must be a positive integer or None, got {self.sliding_window!r}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig.pos_emb='rope' needs an even head_dim, got {self.head_dim}")
+        if self.pos_emb == "alibi" and self.attn_impl not in ("auto", "naive"):
+            raise ValueError(f"GPTConfig.pos_emb='alibi' adds a bias to the score matrix, which only the naive "
+                             f"attention supports; got attn_impl={self.attn_impl!r}, use attn_impl='naive'")
+        if self.sliding_window is not None and not self.causal:
+            raise ValueError("GPTConfig.sliding_window needs causal=True (a window of past tokens)")
 
     @property
     def head_dim(self) -> int:
@@ -81,7 +108,7 @@ class GPTConfig:
             raise ValueError(f"{source}: unknown GPTConfig field(s) {unknown}; known fields are {sorted(known)}")
         try:
             return cls(**data)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from None
 
     @classmethod
@@ -130,7 +157,7 @@ def _gpt2(n_layer: int, n_head: int, n_embd: int, ctx: int = 1024, vocab: int = 
 
 
 # Published shapes: GPT-2 [@radford2019gpt2], GPT-3 [@brown2020gpt3], LLaMA [@touvron2023llama],
-# Llama 2 [@touvron2023llama2], Llama 3 [@grattafiori2024llama3].
+# Llama 2 [@touvron2023llama2], Llama 3 [@grattafiori2024llama3], TinyLlama [@zhang2024tinyllama].
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-124m": _gpt2(12, 12, 768),
     "gpt2-350m": _gpt2(24, 16, 1024),
@@ -144,6 +171,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama2-70b": _llama(80, 64, 8192, 32000, 4096, n_kv_head=8, mlp_hidden=28672),
     "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336),
     "llama3-70b": _llama(80, 64, 8192, 128256, 8192, n_kv_head=8, mlp_hidden=28672),
-    # A ~1B Llama-style shape for single-GPU experiments (not a published model).
-    "llama-1b": _llama(16, 32, 2048, 32000, 2048, n_kv_head=8, mlp_hidden=5632),
+    # TinyLlama's 1.1B shape [@zhang2024tinyllama]: the book's ~1B model for single-GPU experiments.
+    "llama-1b": _llama(22, 32, 2048, 32000, 2048, n_kv_head=4, mlp_hidden=5632),
 }

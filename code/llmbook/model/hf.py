@@ -1,0 +1,182 @@
+"""Weight conversion to and from Hugging Face `transformers` GPT-2 and Llama models (@sec-architecture-hf).
+
+Loading a `GPT2LMHeadModel` or `LlamaForCausalLM` gives a `GPT` with the same logits; exporting writes a
+directory that `AutoModelForCausalLM.from_pretrained` reads, which is what lets a model trained with the book
+be evaluated or served by tools built on `transformers`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from llmbook.model.config import GPTConfig
+from llmbook.model.model import GPT
+
+
+def _gpt2_config(c: Any) -> GPTConfig:
+    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation_function={c.activation_function!r} is not the tanh GELU this model uses")
+    if c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or not c.scale_attn_weights:
+        raise ValueError("GPT-2 attention scaling options other than the default 1/sqrt(head_dim) are not supported")
+    return GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
+                     n_embd=c.n_embd, mlp="gelu", mlp_hidden=c.n_inner, norm="layernorm", pos_emb="learned",
+                     bias=True, tie_weights=bool(c.tie_word_embeddings), norm_eps=c.layer_norm_epsilon)
+
+
+def _llama_config(c: Any) -> GPTConfig:
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"Llama rope_type={rope.get('rope_type')!r} (RoPE scaling) is not supported, only 'default'")
+    if c.hidden_act != "silu":
+        raise ValueError(f"Llama hidden_act={c.hidden_act!r} is not supported, only 'silu' (SwiGLU)")
+    if bool(c.attention_bias) != bool(c.mlp_bias):
+        raise ValueError("Llama attention_bias and mlp_bias must agree: this model has a single `bias` switch")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim * c.num_attention_heads != c.hidden_size:
+        raise ValueError(f"Llama head_dim={head_dim} x heads={c.num_attention_heads} != hidden_size={c.hidden_size}")
+    return GPTConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
+                     n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads or c.num_attention_heads,
+                     n_embd=c.hidden_size, mlp="swiglu", mlp_hidden=c.intermediate_size, norm="rmsnorm",
+                     pos_emb="rope", bias=bool(c.attention_bias), tie_weights=bool(c.tie_word_embeddings),
+                     norm_eps=c.rms_norm_eps, rope_base=float(rope.get("rope_theta", 10000.0)))
+
+
+def _gpt2_pairs(cfg: GPTConfig) -> list[tuple[str, str, bool]]:
+    """(our name, Hugging Face name, transpose?) for every GPT-2 tensor; HF GPT-2 stores Linear weights as (in, out)."""
+    pairs = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False),
+             ("ln_f.weight", "transformer.ln_f.weight", False), ("ln_f.bias", "transformer.ln_f.bias", False),
+             ("lm_head.weight", "lm_head.weight", False)]
+    for i in range(cfg.n_layer):
+        for ours, theirs in (("ln_1", "ln_1"), ("attn.c_attn", "attn.c_attn"), ("attn.c_proj", "attn.c_proj"),
+                             ("ln_2", "ln_2"), ("mlp.c_fc", "mlp.c_fc"), ("mlp.c_proj", "mlp.c_proj")):
+            linear = not ours.startswith("ln")
+            pairs.append((f"blocks.{i}.{ours}.weight", f"transformer.h.{i}.{theirs}.weight", linear))
+            pairs.append((f"blocks.{i}.{ours}.bias", f"transformer.h.{i}.{theirs}.bias", False))
+    return pairs
+
+
+def _llama_pairs(cfg: GPTConfig) -> list[tuple[str, str]]:
+    """(our name, Hugging Face name) for every Llama tensor except the fused q/k/v projection."""
+    pairs = [("wte.weight", "model.embed_tokens.weight"), ("ln_f.weight", "model.norm.weight"),
+             ("lm_head.weight", "lm_head.weight")]
+    kinds = ["weight", "bias"] if cfg.bias else ["weight"]
+    for i in range(cfg.n_layer):
+        pairs += [(f"blocks.{i}.ln_1.weight", f"model.layers.{i}.input_layernorm.weight"),
+                  (f"blocks.{i}.ln_2.weight", f"model.layers.{i}.post_attention_layernorm.weight")]
+        for ours, theirs in (("attn.c_proj", "self_attn.o_proj"), ("mlp.w1", "mlp.gate_proj"),
+                             ("mlp.w3", "mlp.up_proj"), ("mlp.w2", "mlp.down_proj")):
+            pairs += [(f"blocks.{i}.{ours}.{kind}", f"model.layers.{i}.{theirs}.{kind}") for kind in kinds]
+    return pairs
+
+
+def from_hf(hf_model: Any) -> GPT:
+    """A `GPT` with the weights of a transformers GPT2LMHeadModel or LlamaForCausalLM (@sec-architecture-hf)."""
+    model_type = getattr(hf_model.config, "model_type", None)
+    sd = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
+    if model_type == "gpt2":
+        cfg = _gpt2_config(hf_model.config)
+        ours = {o: (sd[t].t() if tr else sd[t]) for o, t, tr in _gpt2_pairs(cfg) if t in sd}
+    elif model_type == "llama":
+        cfg = _llama_config(hf_model.config)
+        ours = {o: sd[t] for o, t in _llama_pairs(cfg) if t in sd}
+        kinds = ["weight", "bias"] if cfg.bias else ["weight"]
+        for i in range(cfg.n_layer):
+            for kind in kinds:
+                ours[f"blocks.{i}.attn.c_attn.{kind}"] = torch.cat(
+                    [sd[f"model.layers.{i}.self_attn.{p}_proj.{kind}"] for p in "qkv"], dim=0)
+    else:
+        raise ValueError(f"from_hf supports model_type 'gpt2' and 'llama', got {model_type!r}")
+    if cfg.tie_weights:
+        ours.pop("lm_head.weight", None)
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    missing = [m for m in missing if not (cfg.tie_weights and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def hf_config(cfg: GPTConfig) -> Any:
+    """The transformers config (GPT2Config or LlamaConfig) with the same architecture, or a ValueError saying why not."""
+    from transformers import GPT2Config, LlamaConfig
+
+    common = []
+    if not cfg.causal:
+        common.append("causal=False")
+    if cfg.norm_position != "pre":
+        common.append(f"norm_position={cfg.norm_position!r}")
+    if cfg.sliding_window is not None:
+        common.append(f"sliding_window={cfg.sliding_window}")
+    gpt2 = cfg.pos_emb == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias and \
+        cfg.n_kv_head == cfg.n_head
+    llama = cfg.pos_emb == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu"
+    if common or not (gpt2 or llama):
+        why = ", ".join(common) or (f"pos_emb={cfg.pos_emb!r}, norm={cfg.norm!r}, mlp={cfg.mlp!r}, bias={cfg.bias}, "
+                                    f"n_kv_head={cfg.n_kv_head}")
+        raise ValueError(f"no transformers architecture matches this config ({why}); exportable layouts are GPT-2 "
+                         f"(learned, layernorm, gelu, bias, MHA) and Llama (rope, rmsnorm, swiglu), pre-norm, causal")
+    if gpt2:
+        return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.ffn_dim, activation_function="gelu_new",
+                          layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_weights,
+                          resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
+                          architectures=["GPT2LMHeadModel"])
+    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim,
+                       num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                       num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
+                       max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+                       rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+                       attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_weights,
+                       architectures=["LlamaForCausalLM"])
+
+
+def _hf_state_dict(model: GPT) -> dict[str, Tensor]:
+    cfg = model.config
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if cfg.pos_emb == "learned":
+        out = {t: (sd[o].t() if tr else sd[o]).contiguous() for o, t, tr in _gpt2_pairs(cfg)}
+    else:
+        out = {t: sd[o] for o, t in _llama_pairs(cfg)}
+        sizes = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
+        for i in range(cfg.n_layer):
+            for kind in (["weight", "bias"] if cfg.bias else ["weight"]):
+                for p, part in zip("qkv", sd[f"blocks.{i}.attn.c_attn.{kind}"].split(sizes, dim=0)):
+                    out[f"model.layers.{i}.self_attn.{p}_proj.{kind}"] = part.contiguous()
+    return out
+
+
+def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write config.json + model.safetensors (and the tokenizer, if given) loadable by AutoModelForCausalLM (@sec-architecture-hf).
+
+    `tokenizer` is anything with `save_pretrained(dir)`, e.g. a transformers PreTrainedTokenizerFast. Each file
+    is written to a temporary directory beside `out_dir` and moved into place with os.replace.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(f"tokenizer must have save_pretrained(dir) (e.g. PreTrainedTokenizerFast), "
+                         f"got {type(tokenizer).__name__}")
+    hf = AutoModelForCausalLM.from_config(hf_config(model.config))
+    missing, unexpected = hf.load_state_dict(_hf_state_dict(model), strict=False)
+    missing = [m for m in missing if not (model.config.tie_weights and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"export mapping incomplete: missing {missing}, unexpected {unexpected}")
+    if model.config.tie_weights:
+        hf.tie_weights()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp") as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for f in Path(tmp).iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(f, out / f.name)
+    return out
