@@ -194,3 +194,18 @@ def test_all_tasks_load_real_files(data_dir):
         assert len(docs) >= 20, name
         if task.doc_to_choices:
             assert all(0 <= task.doc_to_target(d) < len(task.doc_to_choices(d)) for d in docs), name
+
+
+def test_llmbook_adapter_matches_hf_adapter(hf, data_dir):
+    from llmbook.eval.models import LLMBookLM
+    from llmbook.model.hf import from_hf
+
+    model, tok = hf
+    ours = LLMBookLM(from_hf(model), tok, eot_id=tok.eos_token_id, batch_size=4)
+    theirs = HFCausalLM(model, tok, batch_size=4)
+    a = harness.evaluate_task(ours, "arc_easy", data_dir, limit=4, bootstrap_iters=20)
+    b = harness.evaluate_task(theirs, "arc_easy", data_dir, limit=4, bootstrap_iters=20)
+    for x, y in zip(a["items"], b["items"]):
+        np.testing.assert_allclose(x["loglikelihoods"], y["loglikelihoods"], atol=1e-4)
+    prompt = "Once upon a time"
+    assert ours.generate(prompt, max_tokens=8) == theirs.generate(prompt, max_tokens=8)
