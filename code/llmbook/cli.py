@@ -9,6 +9,7 @@ import sys
 # Subcommand name -> module that defines `add_parser(subparsers)`; the parser's `func(args)` returns an exit code.
 COMMANDS: dict[str, str] = {
     "costs": "llmbook.costs.cli",
+    "eval": "llmbook.eval.cli",
 }
 
 
