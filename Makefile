@@ -3,25 +3,24 @@
 #   make test   run the whole test suite (unit, parity, chapters, notebooks, distributed, kernels)
 #
 # TORCH pins the PyTorch build installed first. The default is the CPU reference build the book is
-# tested with; on a GPU machine use e.g. `make test TORCH=torch` (any torch >= 2.4 works).
+# tested with; on a GPU machine use e.g. `make test TORCH=torch` (any torch >= 2.4 works; quote
+# specifiers that contain '>' or '<': TORCH="'torch>=2.6'").
 
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
 # Local copy of the shared data sets, if present beside the repository (CI has one); see README.
 LLMBOOK_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LLMBOOK_DATA
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 export LLMBOOK_QUIET := 1
 
 # Notebooks whose every output is deterministic: checked strictly by nbval; the rest are checked laxly.
 NOTEBOOKS_STRICT := notebooks/costs.ipynb
 NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
-NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --sanitize-with tests/nbval_sanitize.cfg
+NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: book test venv notebooks check clean
 
@@ -31,7 +30,7 @@ $(PY):
 
 $(VENV)/.installed-%: pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[$*]"
 	touch $@
 
@@ -43,10 +42,17 @@ test: $(VENV)/.installed-test
 	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
 
 book: $(VENV)/.installed-book
+	@command -v quarto >/dev/null 2>&1 || [ -x $(VENV)/bin/quarto ] || \
+	  $(PIP) install -q "quarto-cli>=1.9" >/dev/null 2>&1 || true
 	@QUARTO=$$(command -v quarto || ls $(VENV)/bin/quarto 2>/dev/null); \
 	if [ -z "$$QUARTO" ] || ! "$$QUARTO" --version >/dev/null 2>&1; then \
-	  echo "make book: the Quarto CLI (>= 1.9) was not found and could not be installed with pip (quarto-cli)."; \
-	  echo "Install it from https://quarto.org/docs/get-started/ (or your package manager), then run 'make book' again."; \
+	  echo "make book: the Quarto CLI (>= 1.9) is not installed, and installing it with pip (quarto-cli) failed."; \
+	  echo "Install Quarto from https://quarto.org/docs/get-started/ (or your package manager), then run 'make book' again."; \
+	  exit 1; \
+	fi; \
+	VERSION=$$("$$QUARTO" --version); \
+	if ! $(PY) -c "import sys; sys.exit(tuple(map(int, '$$VERSION'.split('.')[:2])) < (1, 9))"; then \
+	  echo "make book: Quarto $$VERSION is too old; the book needs Quarto >= 1.9 (Typst books). Upgrade from https://quarto.org/docs/get-started/"; \
 	  exit 1; \
 	fi; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" QUARTO_PYTHON="$(abspath $(PY))" "$$QUARTO" render

@@ -11,8 +11,9 @@ command line:
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import os
+import platform
 import re
 import sys
 import time
@@ -208,6 +209,19 @@ def notebook_signature(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source)) for c in nb.cells]
 
 
+TIMINGS = ROOT / "bench" / "results" / "chapters-cpu.json"
+
+
+def record_timing(stem: str, seconds: float) -> None:
+    """Store how long a chapter's notebook took to execute here; the preface's table reads this file."""
+    data = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {"chapters": {}}
+    data["machine"] = f"{os.cpu_count()}-core {platform.machine()} CPU, Python {platform.python_version()}"
+    data["chapters"][stem] = round(seconds, 1)
+    tmp = TIMINGS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, TIMINGS)
+
+
 def build_notebooks(stems: list[str], execute_them: bool = True) -> None:
     """Regenerate (and execute, on this CPU) the notebooks of the given chapters."""
     NOTEBOOKS.mkdir(exist_ok=True)
@@ -216,6 +230,7 @@ def build_notebooks(stems: list[str], execute_them: bool = True) -> None:
         nb = make_notebook(ROOT / "chapters" / f"{stem}.qmd")
         if execute_them:
             execute(nb, NOTEBOOKS, stem)
+            record_timing(stem, time.time() - start)
             for cell in nb.cells:
                 if cell.cell_type == "code":
                     cell.metadata.pop("execution", None)

@@ -65,3 +65,49 @@ def test_options_and_inline_expressions_are_parsed():
 )
 def test_inline_formatting(value, text):
     assert inline(value) == text
+
+
+def test_notebook_generation_marks_cells(tmp_path, monkeypatch):
+    chapter = tmp_path / "chapters" / "demo.qmd"
+    chapter.parent.mkdir()
+    chapter.write_text(
+        "---\ntitle: x\n---\n# Demo {#sec-demo}\n\n"
+        "```{python}\n#| include: false\nn = 3\n```\n\nWe have `{python} n` things.\n\n"
+        "```{python}\n#| eval: false\nimport gpu_only\n```\n\n"
+        "```{python}\n#| nbval: ignore\nprint(time.time())\n```\n",
+        encoding="utf-8",
+    )
+    nb = booktools.make_notebook(chapter)
+    sources = [c.source for c in nb.cells]
+    assert "colab.research.google.com" in sources[0] and "google.colab" in sources[1]
+    assert not any("#|" in s for s in sources), "Quarto options must be stripped from notebooks"
+    assert any(s.startswith("# NBVAL_SKIP") and "import gpu_only" in s for s in sources)
+    assert any(s.startswith("# NBVAL_IGNORE_OUTPUT") and "time.time()" in s for s in sources)
+    assert any("_inline(n)" in s for s in sources)
+    executable, labels = booktools.executable(chapter)
+    cells = [c.source for c in executable.cells]
+    assert cells[0] == "n = 3" and "_inline(n)" in cells[1] and "time.time()" in cells[2]
+    assert len(cells) == 3 and not any("gpu_only" in c for c in cells)  # the eval: false cell is left out
+    assert labels[0] == "code cell 1" and labels[1].startswith("inline expressions")
+
+
+def test_chapter_failure_names_chapter_and_cell(tmp_path):
+    chapter = tmp_path / "broken.qmd"
+    chapter.write_text("# Broken\n\n```{python}\nx = 1\n```\n\n```{python}\n#| label: fig-bad\n1 / 0\n```\n")
+    nb, labels = booktools.executable(chapter)
+    with pytest.raises(booktools.ExecutionFailed, match=r"broken\.qmd: code cell 2 \(fig-bad\) failed"):
+        booktools.execute(nb, tmp_path, chapter.name, labels)
+
+
+def test_setup_is_reproducible():
+    import numpy as np
+    import torch
+
+    from llmbook.book import setup
+
+    first = setup(seed=7, quiet=True)
+    a = (torch.rand(3), np.random.rand(3))
+    setup(seed=7, quiet=True)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert first.device in ("cpu", "cuda") and first.preset

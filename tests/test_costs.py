@@ -366,3 +366,11 @@ def test_cli_bad_input_is_one_clear_line(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err
+
+
+def test_every_cited_source_is_in_the_bibliography():
+    import booktools
+
+    keys = booktools.bib_keys()
+    cited = {g.cite for g in GPUS.values()} | {r.cite for r in PUBLISHED_RUNS}
+    assert cited <= keys, f"missing from references.bib: {sorted(cited - keys)}"

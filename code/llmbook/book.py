@@ -121,6 +121,8 @@ def _style_plots() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    if "ipykernel" in sys.modules:  # figures inline in notebooks and Quarto, even if MPLBACKEND says Agg
+        plt.switch_backend("module://matplotlib_inline.backend_inline")
     plt.rcParams.update(
         {
             "figure.figsize": (6.4, 3.6),
@@ -149,3 +151,28 @@ def inline(value: object) -> str:
             return f"{mantissa} × 10^{int(exponent)}^"
         return f"{value:,.3g}" if abs(value) >= 1 else f"{value:.3g}"
     return str(value)
+
+
+def human(value: float, digits: int = 3) -> str:
+    """Counts the way the LLM literature writes them: 124M parameters, 1.4T tokens, 6.7B."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"
+
+
+def md_table(rows: list[list[object]], headers: list[str], align: str | None = None):
+    """A pipe table as a Markdown display object, so Quarto renders it natively in HTML and PDF.
+
+    `align` has one letter per column: l, r or c (default: text left, numbers right).
+    """
+    from IPython.display import Markdown
+
+    if any(len(r) != len(headers) for r in rows):
+        raise ValueError(f"every row needs {len(headers)} cells to match the headers {headers}")
+    if align is None:
+        align = "".join("r" if rows and isinstance(v, (int, float)) else "l" for v in (rows[0] if rows else headers))
+    rule = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(inline(v) if not isinstance(v, str) else v for v in r) + " |" for r in rows]
+    return Markdown("\n".join(lines))

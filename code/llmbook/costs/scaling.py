@@ -79,7 +79,10 @@ def chinchilla_optimal(flops: float, method: str = "rule") -> Allocation:
 
 
 def kaplan_optimal(flops: float) -> Allocation:
-    """Kaplan et al.'s compute-efficient size N = 1.3e9 · C^0.73 (C in PF-days), D = C / (6N) [@kaplan2020scaling]."""
+    """Kaplan et al.'s compute-efficient size N = 1.3e9 · C^0.73, C in PF-days (their Table 5), and D = C / (6N).
+
+    [@kaplan2020scaling]
+    """
     c = _positive("flops", flops)
     n = 1.3e9 * (c / PF_DAY) ** 0.73
     return Allocation(flops=c, params=n, tokens=c / (6 * n), method="kaplan")
