@@ -209,3 +209,14 @@ def test_llmbook_adapter_matches_hf_adapter(hf, data_dir):
         np.testing.assert_allclose(x["loglikelihoods"], y["loglikelihoods"], atol=1e-4)
     prompt = "Once upon a time"
     assert ours.generate(prompt, max_tokens=8) == theirs.generate(prompt, max_tokens=8)
+
+
+def test_item_text_is_prompt_plus_gold(data_dir):
+    wino = get_task("winogrande")
+    doc = wino.load(data_dir)[0]
+    assert harness.item_text(wino, doc) == "Sarah was a much better surgeon than Maria so Maria always got the easier cases."
+    arc = get_task("arc_easy")
+    d = arc.load(data_dir)[0]
+    assert harness.item_text(arc, d) == "Question: Which technology was developed most recently?\nAnswer: cellular telephone"
+    g = get_task("gsm8k").load(data_dir)[0]
+    assert harness.item_text(get_task("gsm8k"), g).endswith("#### 18")

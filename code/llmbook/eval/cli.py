@@ -123,12 +123,12 @@ def run_rouge(args: argparse.Namespace) -> int:
 
 def run_contamination(args: argparse.Namespace) -> int:
     from llmbook.eval.contamination import ContaminationIndex
-    from llmbook.eval.harness import build_context
+    from llmbook.eval.harness import item_text
     from llmbook.eval.tasks import get_task
 
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
     data_dir = _data_dir(args.data_dir)
-    items = {t.name: [build_context(t, d, []) for d in t.load(data_dir)] for t in tasks}
+    items = {t.name: [item_text(t, d) for d in t.load(data_dir)] for t in tasks}
     corpus = Path(args.train)
     if not corpus.is_file():
         raise FileNotFoundError(f"training corpus {corpus} not found")

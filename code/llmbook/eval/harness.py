@@ -69,6 +69,16 @@ def build_context(task: Task, doc: dict, fewshot_docs: Sequence[dict]) -> str:
     return prefix + task.fewshot_delimiter.join(parts)
 
 
+def item_text(task: Task, doc: dict) -> str:
+    """An item as it could appear in a web crawl: its prompt followed by the gold answer (for contamination)."""
+    gold = task.doc_to_target(doc)
+    if task.doc_to_contexts:
+        return task.doc_to_contexts(doc)[gold] + task.target_delimiter + task.doc_to_choices(doc)[gold]
+    answer = task.doc_to_choices(doc)[gold] if task.doc_to_choices else (
+        task.doc_to_fewshot_target(doc) if task.doc_to_fewshot_target else str(gold))
+    return task.doc_to_text(doc) + task.target_delimiter + answer
+
+
 def sample_fewshot(task: Task, docs: list[dict], pool: list[dict], k: int, rng: random.Random,
                    same_split: bool) -> list[list[dict]]:
     """k examples per item from the pool (never the item itself; MMLU draws from the same subject)."""
