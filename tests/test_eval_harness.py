@@ -220,3 +220,18 @@ def test_item_text_is_prompt_plus_gold(data_dir):
     assert harness.item_text(arc, d) == "Question: Which technology was developed most recently?\nAnswer: cellular telephone"
     g = get_task("gsm8k").load(data_dir)[0]
     assert harness.item_text(get_task("gsm8k"), g).endswith("#### 18")
+
+
+def test_requests_with_the_same_input_share_one_forward_pass(hf):
+    model, tok = hf
+    lm = HFCausalLM(model, tok, batch_size=1)
+    calls = []
+    original = lm.logits
+    lm.logits = lambda ids: calls.append(ids.shape) or original(ids)
+    ctx = "Once upon a time there was a little girl. She went to"
+    single = [(ctx, c) for c in (" the", " a", " and", " was")]  # frequent words: one token each
+    assert all(len(lm.encode_pair(c, x)[1]) == 1 for c, x in single)
+    scores = lm.loglikelihood(single)
+    assert len(calls) == 1  # one forward pass serves all four single-token continuations
+    for (c, x), (ll, _) in zip(single, scores):
+        assert ll == pytest.approx(reference_loglikelihood(model, tok, c, x)[0], abs=1e-4)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -42,43 +42,44 @@ class CausalLM:
         raise NotImplementedError
 
     # ---- scoring -------------------------------------------------------------------------------------
-    def score_tokens(self, requests: Sequence[tuple[list[int], list[int]]], batch_size: int | None = None,
-                     per_token: bool = False) -> list[TokenScore] | list[list[float]]:
+    def score_tokens(self, requests: Sequence[tuple[list[int], list[int]]], batch_size: int | None = None
+                     ) -> list[TokenScore]:
         """Score each (context ids, target ids): sum of log p(target | context), truncated to max_length.
 
-        Requests are sorted longest first and right-padded into batches; with causal attention the padding
-        sits after every scored position, so it cannot change any score (@sec-evaluation-interface).
+        Distinct model inputs are sorted longest first and right-padded into batches; with causal attention
+        the padding sits after every scored position, so it cannot change any score. Requests with the same
+        input (e.g. the single-token choices " A".." D" of one MMLU question) share one forward pass, and
+        the softmax is taken only at the scored positions (@sec-evaluation-interface).
         """
         batch_size = batch_size or self.batch_size
-        rows = []
-        for ctx, tgt in requests:
+        inputs: dict[tuple[int, ...], list[int]] = {}  # model input -> indices of the requests it serves
+        spans = []
+        for i, (ctx, tgt) in enumerate(requests):
             if not tgt:
                 raise ValueError("a request has an empty continuation")
             if not ctx:
                 raise ValueError("a request has an empty context (prepend the end-of-text token)")
             if len(tgt) > self.max_length:
                 raise ValueError(f"a continuation of {len(tgt)} tokens exceeds max_length={self.max_length}")
-            full = (ctx + tgt)[-(self.max_length + 1):]
-            rows.append((full[:-1], len(tgt)))
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-        out: list = [None] * len(rows)
-        for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", leave=False):
-            idx = order[start : start + batch_size]
-            width = len(rows[idx[0]][0])
-            batch = torch.zeros(len(idx), width, dtype=torch.long)
-            for b, i in enumerate(idx):
-                batch[b, : len(rows[i][0])] = torch.tensor(rows[i][0])
+            inp = tuple((ctx + tgt)[-(self.max_length + 1):-1])
+            inputs.setdefault(inp, []).append(i)
+            spans.append((len(inp) - len(tgt), len(inp)))
+        unique = sorted(inputs, key=len, reverse=True)
+        out: list = [None] * len(requests)
+        for start in tqdm(range(0, len(unique), batch_size), desc="scoring", unit="batch", leave=False):
+            chunk = unique[start : start + batch_size]
+            batch = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
+            for b, inp in enumerate(chunk):
+                batch[b, : len(inp)] = torch.tensor(inp)
             with torch.no_grad():
-                logp = F.log_softmax(self.logits(batch.to(self.device)).float(), dim=-1).cpu()
-            for b, i in enumerate(idx):
-                inp, n = rows[i]
-                target = torch.tensor(requests[i][1])
-                span = logp[b, len(inp) - n : len(inp)]
-                token_lp = span.gather(1, target[:, None])[:, 0]
-                if per_token:
-                    out[i] = token_lp.tolist()
-                else:
-                    out[i] = TokenScore(float(token_lp.sum()), bool((span.argmax(-1) == target).all()), n)
+                logits = self.logits(batch.to(self.device))
+            for b, inp in enumerate(chunk):
+                for i in inputs[inp]:
+                    lo, hi = spans[i]
+                    logp = F.log_softmax(logits[b, lo:hi].float(), dim=-1).cpu()
+                    target = torch.tensor(requests[i][1])
+                    token_lp = logp.gather(1, target[:, None])[:, 0]
+                    out[i] = TokenScore(float(token_lp.sum()), bool((logp.argmax(-1) == target).all()), hi - lo)
         return out
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
