@@ -73,13 +73,19 @@ class CausalLM:
                 batch[b, : len(inp)] = torch.tensor(inp)
             with torch.no_grad():
                 logits = self.logits(batch.to(self.device))
-            for b, inp in enumerate(chunk):
-                for i in inputs[inp]:
-                    lo, hi = spans[i]
-                    logp = F.log_softmax(logits[b, lo:hi].float(), dim=-1).cpu()
-                    target = torch.tensor(requests[i][1])
-                    token_lp = logp.gather(1, target[:, None])[:, 0]
-                    out[i] = TokenScore(float(token_lp.sum()), bool((logp.argmax(-1) == target).all()), hi - lo)
+            served = [i for inp in chunk for i in inputs[inp]]
+            rows = torch.cat([torch.full((spans[i][1] - spans[i][0],), b) for b, inp in enumerate(chunk) for i in inputs[inp]])
+            cols = torch.cat([torch.arange(*spans[i]) for i in served])
+            targets = torch.cat([torch.tensor(requests[i][1]) for i in served])
+            # one softmax over every scored position of the batch, then split back into requests
+            logp = F.log_softmax(logits[rows.to(logits.device), cols.to(logits.device)].float(), dim=-1)
+            token_lp = logp.gather(1, targets.to(logp.device)[:, None])[:, 0].cpu()
+            hit = (logp.argmax(-1).cpu() == targets)
+            pos = 0
+            for i in served:
+                n = spans[i][1] - spans[i][0]
+                out[i] = TokenScore(float(token_lp[pos : pos + n].sum()), bool(hit[pos : pos + n].all()), n)
+                pos += n
         return out
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -31,7 +31,8 @@ def tiny_hf_model(kind: str = "gpt2", vocab_size: int = 512, n_positions: int = 
     torch.manual_seed(seed)
     if kind == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                         n_head=n_head, bos_token_id=0, eos_token_id=0)
+                         n_head=n_head, bos_token_id=0, eos_token_id=0,
+                         activation_function="gelu_pytorch_tanh")  # GPT-2's tanh GELU, as one fused op
         return GPT2LMHeadModel(cfg).eval()
     if kind == "llama":
         cfg = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=n_positions, hidden_size=n_embd,
