@@ -123,6 +123,15 @@ def test_perplexity_units_and_stride_effect(hf, data_dir):
     assert full.n_bytes == sum(len(d.encode()) for d in docs)
     assert full.bits_per_byte == pytest.approx(full.nll / full.n_bytes / math.log(2))
     assert math.log(full.token_perplexity) * full.n_tokens == pytest.approx(math.log(full.word_perplexity) * full.n_words)
+    lo, hi = full.interval("bits_per_byte", iters=200)  # one document: the interval collapses to the point
+    assert lo == pytest.approx(full.bits_per_byte) and hi == pytest.approx(full.bits_per_byte)
+    two = perplexity.perplexity(lm, [docs[0][:3000], docs[0][3000:]])
+    lo, hi = two.interval("bits_per_byte", iters=200)
+    assert lo < two.bits_per_byte < hi
+    d = two.to_dict(iters=50)
+    assert d["n_documents"] == 2 and d["word_perplexity_ci_low"] <= d["word_perplexity"] <= d["word_perplexity_ci_high"]
+    with pytest.raises(ValueError, match="metric="):
+        full.interval("accuracy")
     strided = perplexity.perplexity(lm, docs, stride=16)
     assert strided.n_tokens == full.n_tokens and strided.nll != full.nll
     with pytest.raises(ValueError, match="stride must be in"):
