@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "export": "llmbook.train.export",
     "data": "llmbook.data.cli",
     "tokenizer": "llmbook.tokenizer.cli",
+    "eval": "llmbook.eval.cli",
 }
 
 

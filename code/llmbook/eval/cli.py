@@ -1,0 +1,197 @@
+"""`llmbook eval`: benchmarks, perplexity, BLEU/chrF, ROUGE and contamination from the command line (@sec-evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from llmbook.cli import CLIError
+
+
+def _data_dir(value: str | None) -> Path:
+    value = value or os.environ.get("LLMBOOK_DATA")
+    if not value:
+        raise CLIError("no data directory: pass --data-dir or set LLMBOOK_DATA")
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data directory {path} does not exist")
+    return path
+
+
+def load_model(path: str, batch_size: int = 8, device: str = "cpu", max_length: int | None = None):
+    """A `transformers` model directory (config.json + weights + tokenizer) as an evaluation `CausalLM`.
+
+    Book checkpoints are evaluated after `llmbook.model.to_hf` exports them to such a directory.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmbook.eval.models import HFCausalLM
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {p} has no config.json (export book checkpoints with llmbook.model.to_hf)")
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    return HFCausalLM(model, tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+
+
+def _read_lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file {p} not found")
+    return p.read_text(encoding="utf-8").splitlines()
+
+
+def _aligned(hyp: str, refs: list[str]) -> tuple[list[str], list[list[str]]]:
+    hyps = _read_lines(hyp)
+    streams = [_read_lines(r) for r in refs]
+    for r, s in zip(refs, streams):
+        if len(s) != len(hyps):
+            raise ValueError(f"{r} has {len(s)} lines but {hyp} has {len(hyps)}; one segment per line is required")
+    return hyps, streams
+
+
+def _print(obj: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=float))
+    else:
+        for k, v in obj.items():
+            print(f"{k:>12s}  {v:.4f}" if isinstance(v, float) else f"{k:>12s}  {v}")
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    from llmbook.eval.harness import evaluate, write_json
+    from llmbook.eval.tasks import get_task
+
+    if not args.model or not args.tasks:
+        raise CLIError("llmbook eval needs --model and --tasks (or a subcommand: ppl, bleu, rouge, contamination)")
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for name in names:
+        get_task(name)  # unknown task names fail before the model loads
+    data_dir = _data_dir(args.data_dir)
+    model = load_model(args.model, args.batch_size, args.device, args.max_length)
+    results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
+                       bootstrap_iters=args.bootstrap_iters)
+    if args.output:
+        write_json(args.output, {"model": args.model, "results": results})
+    summary = {name: {k: r[k] for k in ("n", "num_fewshot", "chance", "metrics")} for name, r in results.items()}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=float))
+    else:
+        for name, r in summary.items():
+            for metric, m in r["metrics"].items():
+                print(f"{name:>14s} {metric:>22s} {m['value']:8.4f} ± {m['stderr']:.4f}  95% CI [{m['ci_low']:.4f}, "
+                      f"{m['ci_high']:.4f}]  n={r['n']} chance={r['chance']:.3f}")
+    return 0
+
+
+def run_ppl(args: argparse.Namespace) -> int:
+    from llmbook.eval.perplexity import perplexity, wikitext_documents
+
+    text = Path(args.input).read_text(encoding="utf-8") if Path(args.input).is_file() else None
+    if text is None:
+        raise FileNotFoundError(f"input file {args.input} not found")
+    docs = wikitext_documents(text) if args.wikitext else [d for d in text.split("\n\n") if d.strip()]
+    model = load_model(args.model, args.batch_size, args.device, args.max_length)
+    _print(perplexity(model, docs, stride=args.stride).to_dict(), args.json)
+    return 0
+
+
+def run_bleu(args: argparse.Namespace) -> int:
+    from llmbook.eval.bleu import corpus_bleu, corpus_chrf
+
+    hyps, refs = _aligned(args.hyp, args.ref)
+    b = corpus_bleu(hyps, refs, smooth_method=args.smooth, lowercase=args.lowercase, tokenize=args.tokenize)
+    out = {"bleu": b.score, "chrf": corpus_chrf(hyps, refs, lowercase=args.lowercase),
+           "chrf++": corpus_chrf(hyps, refs, word_order=2, lowercase=args.lowercase),
+           "precisions": list(b.precisions), "bp": b.bp, "sys_len": b.sys_len, "ref_len": b.ref_len}
+    _print(out, args.json)
+    return 0
+
+
+def run_rouge(args: argparse.Namespace) -> int:
+    from llmbook.eval.rouge import corpus_rouge
+
+    hyps, refs = _aligned(args.hyp, [args.ref])
+    # one segment per line: a literal backslash-n inside a line marks a sentence break for rougeLsum
+    refs_, hyps_ = ([s.replace("\\n", "\n") for s in lines] for lines in (refs[0], hyps))
+    _print(corpus_rouge(refs_, hyps_, stem=not args.no_stem), args.json)
+    return 0
+
+
+def run_contamination(args: argparse.Namespace) -> int:
+    from llmbook.eval.contamination import ContaminationIndex
+    from llmbook.eval.harness import item_text
+    from llmbook.eval.tasks import get_task
+
+    tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    data_dir = _data_dir(args.data_dir)
+    items = {t.name: [item_text(t, d) for d in t.load(data_dir)] for t in tasks}
+    corpus = Path(args.train)
+    if not corpus.is_file():
+        raise FileNotFoundError(f"training corpus {corpus} not found")
+    with corpus.open(encoding="utf-8") as f:
+        report = ContaminationIndex(items, n=args.n).scan(f).report()
+    out = {name: r.to_dict() for name, r in report.items()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for name, r in out.items():
+            print(f"{name:>14s}  {r['n_contaminated']}/{r['n_items']} items share a {args.n}-gram ({r['fraction']:.2%})")
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="transformers model directory (config.json, weights, tokenizer)")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-length", type=int, help="context window in tokens (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model: benchmarks, perplexity, BLEU/chrF, ROUGE, contamination",
+                              description="Run benchmark tasks (default) or a subcommand.")
+    _model_args(p, required=False)
+    p.add_argument("--tasks", help="comma-separated task names, e.g. hellaswag,arc_easy")
+    p.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
+    p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per item (default 0)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and bootstrap seed")
+    p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for intervals")
+    p.add_argument("--output", help="also write full per-item results JSON here (atomically)")
+    p.set_defaults(func=run_tasks)
+    sub = p.add_subparsers(dest="eval_command", metavar="{ppl,bleu,rouge,contamination}")
+
+    q = sub.add_parser("ppl", help="perplexity, word perplexity and bits per byte of a text file")
+    _model_args(q, required=True)
+    q.add_argument("--input", required=True, help="UTF-8 text; documents separated by blank lines")
+    q.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the window, no overlap)")
+    q.add_argument("--wikitext", action="store_true", help="split documents at WikiText ' = Title = ' headings")
+    q.set_defaults(func=run_ppl)
+
+    b = sub.add_parser("bleu", help="corpus BLEU and chrF (sacrebleu-compatible, 0-100)")
+    b.add_argument("--hyp", required=True, help="hypotheses, one segment per line")
+    b.add_argument("--ref", required=True, action="append", help="references, one per line; repeat for more")
+    b.add_argument("--smooth", default="exp", choices=("exp", "floor", "add-k", "none"), help="BLEU smoothing")
+    b.add_argument("--tokenize", default="13a", choices=("13a", "none"), help="BLEU tokenizer (default 13a)")
+    b.add_argument("--lowercase", action="store_true", help="case-insensitive scores")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=run_bleu)
+
+    r = sub.add_parser("rouge", help="ROUGE-1/2/L/Lsum F-measures (rouge-score-compatible, 0-1)")
+    r.add_argument("--hyp", required=True, help="predictions, one per line ('\\n' inside a line splits sentences)")
+    r.add_argument("--ref", required=True, help="references, one per line")
+    r.add_argument("--no-stem", action="store_true", help="turn off Porter stemming (on by default)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=run_rouge)
+
+    c = sub.add_parser("contamination", help="n-gram overlap between a training corpus and benchmark items")
+    c.add_argument("--train", required=True, help="training corpus, UTF-8 text (scanned line by line)")
+    c.add_argument("--tasks", required=True, help="comma-separated task names")
+    c.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    c.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=run_contamination)

@@ -1,0 +1,55 @@
+"""n-gram contamination detection: planted leaks are found, paraphrase-level noise is not, real splits are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmbook.eval.contamination import ContaminationIndex, drop_contaminated, normalize_words
+
+
+def _gsm8k(data_dir, name, limit=None):
+    with (data_dir / "gsm8k" / name).open(encoding="utf-8") as f:
+        return [json.loads(line)["question"] for line in list(f)[:limit]]
+
+
+def test_planted_leaks_are_found_and_dropped(data_dir):
+    test_q = _gsm8k(data_dir, "test_dev.jsonl", 60)
+    corpus = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000].split("\n\n")
+    leaked = [3, 17, 42]
+    # leaks are embedded mid-document, re-cased and with punctuation changed: normalisation must see through it
+    docs = corpus + [f"Some forum post. {test_q[i].upper().replace(',', ' ;')} Thanks!" for i in leaked]
+    rep = ContaminationIndex({"gsm8k": test_q}, n=13).scan(docs).report()["gsm8k"]
+    assert rep.contaminated == leaked
+    assert rep.fraction == pytest.approx(3 / 60)
+    assert all(rep.overlap[i] == pytest.approx(1.0) for i in leaked)
+    clean = drop_contaminated(test_q, rep)
+    assert len(clean) == 57 and test_q[17] not in clean
+
+
+def test_partial_overlap_threshold_and_short_items():
+    item = " ".join(f"w{i}" for i in range(30))  # 18 distinct 13-grams
+    doc = " ".join(f"w{i}" for i in range(14))  # contains exactly 2 of them
+    idx = ContaminationIndex({"t": [item, "tiny item"]}, n=13, min_hits=3).scan([doc, "a tiny item here"])
+    rep = idx.report()["t"]
+    assert rep.overlap[0] == pytest.approx(2 / 18) and 0 not in rep.contaminated
+    assert rep.contaminated == [1]  # shorter than n: matched as a whole
+    skip = ContaminationIndex({"t": ["tiny item"]}, short_items="skip").scan(["a tiny item"]).report()["t"]
+    assert skip.contaminated == []
+
+
+def test_gsm8k_train_vs_test_is_clean_at_13_grams(data_dir):
+    # the GSM8K authors wrote disjoint train/test problems: a real corpus with (almost) no leakage
+    test_q = _gsm8k(data_dir, "test_dev.jsonl", 100)
+    rep = ContaminationIndex({"gsm8k": test_q}).scan(_gsm8k(data_dir, "train.jsonl", 2000)).report()["gsm8k"]
+    assert rep.fraction < 0.05
+
+
+def test_validation_errors():
+    assert normalize_words("Hello, World! 42x") == ["hello", "world", "42x"]
+    with pytest.raises(ValueError, match="short_items"):
+        ContaminationIndex({"t": []}, short_items="drop")
+    rep = ContaminationIndex({"t": ["a b"]}).report()["t"]
+    with pytest.raises(ValueError, match="task 't'"):
+        drop_contaminated([1, 2], rep)

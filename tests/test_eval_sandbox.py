@@ -1,0 +1,138 @@
+"""The code-execution sandbox against hostile snippets, real HumanEval/MBPP solutions, and unbiased pass@k."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from llmbook.eval.sandbox import (Limits, estimate_pass_at_k, humaneval_program, mbpp_program, pass_at_k,
+                                  run_many, run_program)
+
+FAST = Limits(timeout_s=3.0, cpu_s=2, memory_mb=512)
+
+
+def test_ordinary_programs_pass_and_fail():
+    assert run_program("print(sum(range(10)))", FAST).stdout.strip() == "45"
+    bad = run_program("assert 1 + 1 == 3", FAST)
+    assert bad.status == "failed" and "AssertionError" in bad.stderr
+    ok = run_program("open('scratch.txt', 'w').write('x'); import os; os.remove('scratch.txt')", FAST)
+    assert ok.passed, ok.stderr  # writes inside the temp dir are allowed
+
+
+def test_infinite_loop_times_out():
+    res = run_program("while True:\n    pass\n", Limits(timeout_s=1.0, cpu_s=10))
+    assert res.status == "timeout" and not res.passed
+
+
+def test_cpu_limit_kills_busy_loop_before_wall_clock():
+    res = run_program("while True:\n    pass\n", Limits(timeout_s=30.0, cpu_s=1))
+    assert res.status == "failed" and res.returncode != 0  # SIGXCPU/SIGKILL from RLIMIT_CPU
+
+
+def test_file_deletion_and_writes_outside_tempdir_are_blocked(tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    attacks = [
+        f"import os; os.remove({str(victim)!r})",
+        f"import os; os.unlink({str(victim)!r})",
+        f"import shutil; shutil.rmtree({str(tmp_path)!r})",
+        f"open({str(victim)!r}, 'w').write('pwned')",
+        f"import pathlib; pathlib.Path({str(victim)!r}).write_text('pwned')",
+        f"import os; os.rename({str(victim)!r}, 'stolen.txt')",
+        f"import os; fd = os.open({str(victim)!r}, os.O_WRONLY | os.O_TRUNC)",
+        "import os; os.chdir('..'); os.remove('anything')",
+    ]
+    for src in attacks:
+        res = run_program(src, FAST)
+        assert res.status == "failed" and "PermissionError" in res.stderr, (src, res.stderr)
+    assert victim.read_text() == "keep me"
+
+
+def test_network_is_blocked():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    attacks = [
+        f"import socket; socket.create_connection(('127.0.0.1', {port}))",
+        f"import socket; s = socket.socket(); s.connect(('127.0.0.1', {port}))",
+        f"import _socket; _socket.socket()",
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/')",
+        f"import importlib, socket; importlib.reload(socket); socket.socket()",
+    ]
+    results = [run_program(src, FAST) for src in attacks]
+    t.join()
+    server.close()
+    for src, res in zip(attacks, results):
+        assert res.status == "failed", (src, res)
+    assert accepted == []
+
+
+def test_process_creation_and_fork_bomb_are_blocked():
+    attacks = [
+        "import os\nwhile True:\n    os.fork()\n",
+        "import subprocess; subprocess.run(['true'])",
+        "import os; os.system('true')",
+        "import multiprocessing as mp; mp.Process(target=print).start()",
+        "import ctypes; ctypes.CDLL(None).fork()",
+    ]
+    for src in attacks:
+        res = run_program(src, FAST)
+        assert res.status == "failed", (src, res)
+
+
+def test_memory_and_file_size_limits():
+    assert run_program("x = bytearray(2 * 1024**3)", Limits(memory_mb=256)).status == "failed"
+    res = run_program("open('big', 'wb').write(b'0' * (8 * 1024**2))", Limits(file_size_mb=1))
+    assert res.status == "failed"
+
+
+def test_output_is_capped_and_limits_validated():
+    res = run_program("print('x' * 1_000_000)", Limits(max_output_bytes=1000))
+    assert res.passed and len(res.stdout) == 1000
+    with pytest.raises(ValueError, match="Limits.timeout_s must be > 0"):
+        Limits(timeout_s=0)
+
+
+def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(data_dir):
+    problems = [json.loads(line) for line in (data_dir / "humaneval" / "HumanEval_dev.jsonl").open()][:8]
+    good = run_many([humaneval_program(p, p["canonical_solution"]) for p in problems], FAST)
+    assert all(r.passed for r in good), [r.stderr[-300:] for r in good if not r.passed]
+    wrong = run_many([humaneval_program(p, "    return None\n") for p in problems], FAST)
+    assert not any(r.passed for r in wrong)
+
+
+def test_mbpp_reference_code_passes(data_dir):
+    problems = [json.loads(line) for line in (data_dir / "mbpp" / "mbpp_prompt.jsonl").open()][:5]
+    results = run_many([mbpp_program(p, p["code"]) for p in problems], FAST)
+    assert all(r.passed for r in results), [r.stderr[-300:] for r in results]
+
+
+def test_pass_at_k_matches_combinatorial_definition():
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 0, 5), (20, 20, 1), (7, 2, 7), (200, 13, 100)]:
+        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(exact, rel=1e-9)
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the plain success rate
+    rng = np.random.default_rng(0)  # unbiased: averaging over draws of n samples gives 1-(1-p)^k
+    p, n, k = 0.2, 20, 5
+    est = np.mean([pass_at_k(n, int(rng.binomial(n, p)), k) for _ in range(4000)])
+    assert est == pytest.approx(1 - (1 - p) ** k, abs=0.01)
+    assert estimate_pass_at_k([[True, False], [False, False]], 1) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="pass@5 needs at least 5 samples"):
+        pass_at_k(3, 1, 5)
