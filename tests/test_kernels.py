@@ -157,7 +157,8 @@ def test_mask_block_tiles_the_full_mask():
     """The tiled kernel's per-tile masks are slices of the full mask (one helper builds both)."""
     full = allowed_mask(7, 11, causal=True, window=3, device="cpu")
     for rows, cols in [(range(0, 4), range(0, 5)), (range(4, 7), range(5, 11)), (range(2, 3), range(9, 10))]:
-        assert torch.equal(mask_block(rows, cols, 7, 11, True, 3, "cpu"), full[rows.start:rows.stop, cols.start:cols.stop])
+        block = full[rows.start:rows.stop, cols.start:cols.stop]
+        assert torch.equal(mask_block(rows, cols, 7, 11, True, 3, "cpu"), block)
 
 
 def test_attention_flops_counts_visible_pairs():

@@ -186,6 +186,7 @@ SMEM_LIMIT = {(7, 5): 64 * 1024, (8, 0): 163 * 1024, (9, 0): 227 * 1024}
 @pytest.mark.parametrize("capability,dtype,head_dim,window", [((7, 5), torch.float16, 64, False),
                                                                ((7, 5), torch.float16, 128, True),
                                                                ((7, 5), torch.bfloat16, 64, False),
+                                                               ((8, 0), torch.float16, 64, True),
                                                                ((9, 0), torch.bfloat16, 128, False)])
 def test_kernels_compile_for_gpus(capability, dtype, head_dim, window):
     """Without a GPU: compile forward and backward kernels to GPU machine code (ptxas ships with triton)

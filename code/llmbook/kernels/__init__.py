@@ -55,8 +55,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, impl: str = 
     """Scaled dot-product attention with one signature for every implementation (@sec-architecture-flash).
 
     q: (B, H, T_q, D); k, v: (B, H_kv, T_k, D) with H a multiple of H_kv (GQA/MQA). Causal masking aligns the
-    queries with the last keys. `window` (causal only) limits each query to its last `window` keys. `mask` (bool, True = may
-    attend) and `bias` (additive, e.g. ALiBi) are supported by "naive" and "sdpa" only.
+    queries with the last keys. `window` (causal only) limits each query to its last `window` keys. `mask`
+    (bool, True = may attend) and `bias` (additive, e.g. ALiBi) are supported by "naive" and "sdpa" only.
     """
     check_window(causal, window)
     chosen = resolve_impl(impl, q.device, q.shape[-1], mask is not None or bias is not None, q.dtype)

@@ -198,13 +198,16 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale, T_Q, T
         lse_base = LSE + (b * H + h) * T_Q
         delta_base = DELTA + (b * H + h) * T_Q
         for start_m in range(lo, a, BLOCK_M):  # diagonal: masked
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok, s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, True,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok,
+                                s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, True,
                                 BLOCK_M, PRECISION)
         for start_m in range(a, b_, BLOCK_M):  # off-diagonal: no mask
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok, s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, False,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok,
+                                s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, False,
                                 BLOCK_M, PRECISION)
         for start_m in range(b_, hi, BLOCK_M):  # window edge: masked
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok, s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, True,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, cols, offs_d, d_ok,
+                                s_qt, s_ot, qk_scale, T_Q, T_K, WINDOW, offset, CAUSAL, USE_WINDOW, True,
                                 BLOCK_M, PRECISION)
     dk = dk * sm_scale
     tl.store(DK + b * s_kb + h_kv * s_kh + cols[:, None] * s_kt + offs_d[None, :], dk.to(DK.dtype.element_ty),

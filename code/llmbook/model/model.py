@@ -84,7 +84,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, bias: Tensor | None,
                 mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0,
                 weights: list[Tensor] | None = None) -> Tensor:
-        """Attention over x (B, T, C); with a `weights` list, the naive kernel runs and its probabilities are appended."""
+        """Attention over x (B, T, C); given a `weights` list, runs the naive kernel and appends its probabilities."""
         b, t, _ = x.shape
         q, k, v = self.c_attn(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
