@@ -108,3 +108,18 @@ def test_from_hf_rejects_unsupported():
         from_hf(hf_llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}))
     with pytest.raises(ValueError, match="tanh GELU"):
         from_hf(hf_gpt2(activation_function="relu"))
+
+
+def test_dtype_is_kept_through_import_and_export(tmp_path):
+    """from_hf returns float32 by default or the HF model's dtype with dtype=None; to_hf saves the model's dtype."""
+    hf = hf_llama().to(torch.bfloat16)
+    assert next(from_hf(hf).parameters()).dtype == torch.float32
+    model = from_hf(hf, dtype=None)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    out = to_hf(model, tmp_path / "bf16")
+    assert json.loads((out / "config.json").read_text()).get("dtype", json.loads(
+        (out / "config.json").read_text()).get("torch_dtype")) == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert next(AutoModelForCausalLM.from_pretrained(to_hf(model, tmp_path / "f32", dtype=torch.float32),
+                                                     dtype="auto").parameters()).dtype == torch.float32

@@ -12,7 +12,9 @@ import itertools
 import pytest
 import torch
 
-from llmbook.kernels import IMPLS, allowed_mask, attention, naive_attention, resolve_impl, tiled_attention
+from llmbook.kernels import (IMPLS, allowed_mask, attention, naive_attention, resolve_impl, tiled_attention,
+                             triton_preferred)
+from llmbook.kernels.reference import mask_block
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
@@ -115,13 +117,20 @@ def test_tiled_half_precision_close_to_float32(dtype):
 
 
 def test_dispatch_and_errors():
-    assert set(IMPLS) == {"auto", "naive", "sdpa", "tiled", "triton"}
+    from llmbook.model.config import ATTN_IMPLS
+
+    assert set(IMPLS) == {"auto", "naive", "sdpa", "tiled", "triton"} and ATTN_IMPLS is IMPLS
     assert resolve_impl("auto", "cpu", 64, masked=False) == "sdpa"
-    has_triton = importlib.util.find_spec("triton") is not None
-    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == ("triton" if has_triton else "sdpa")
-    assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.float32) == "sdpa"  # exact fp32 dots: slow
-    assert resolve_impl("auto", "cuda", 64, masked=True, dtype=torch.float16) == "sdpa"
-    assert resolve_impl("auto", "cuda", 80, masked=False, dtype=torch.float16) == "sdpa"
+    if torch.cuda.is_available():
+        has_triton = importlib.util.find_spec("triton") is not None
+        want = "triton" if has_triton and torch.cuda.get_device_capability() >= (8, 0) else "sdpa"
+        assert resolve_impl("auto", "cuda", 64, masked=False, dtype=torch.bfloat16) == want
+        assert resolve_impl("auto", "cuda", 64, masked=True, dtype=torch.float16) == "sdpa"
+    assert triton_preferred(torch.bfloat16, 64, (8, 0)) and triton_preferred(torch.float16, 128, (9, 0))
+    assert not triton_preferred(torch.bfloat16, 64, (7, 5))  # no tensor-core dots from Triton before Ampere
+    assert not triton_preferred(torch.float16, 64, (7, 5))
+    assert not triton_preferred(torch.float32, 64, (9, 0))  # exact fp32 dots: slow
+    assert not triton_preferred(torch.float16, 80, (9, 0))
     q, k, v = (x.detach() for x in _inputs((4, 4, 4, 2, 8), torch.float32))
     with pytest.raises(ValueError, match="impl='bogus'"):
         attention(q, k, v, impl="bogus")
@@ -131,6 +140,25 @@ def test_dispatch_and_errors():
         attention(q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), impl="naive")
     with pytest.raises(ValueError, match="block sizes"):
         tiled_attention(q, k, v, block_q=0)
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa", "tiled"])
+def test_window_without_causal_is_rejected(impl):
+    """A window is one-sided (the last `window` keys); without causal masking that would silently let each
+    query see every later key, so it is an error rather than a surprising one-sided window."""
+    q, k, v = (x.detach() for x in _inputs((6, 6, 2, 1, 8), torch.float32))
+    with pytest.raises(ValueError, match="needs causal=True"):
+        attention(q, k, v, causal=False, impl=impl, window=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        attention(q, k, v, causal=True, impl=impl, window=0)
+
+
+def test_mask_block_tiles_the_full_mask():
+    """The tiled kernel's per-tile masks are slices of the full mask (one helper builds both)."""
+    full = allowed_mask(7, 11, causal=True, window=3, device="cpu")
+    for rows, cols in [(range(0, 4), range(0, 5)), (range(4, 7), range(5, 11)), (range(2, 3), range(9, 10))]:
+        block = full[rows.start:rows.stop, cols.start:cols.stop]
+        assert torch.equal(mask_block(rows, cols, 7, 11, True, 3, "cpu"), block)
 
 
 def test_attention_flops_counts_visible_pairs():
@@ -151,7 +179,7 @@ def test_tiled_never_builds_the_score_matrix():
     naive = largest_tensor_bytes(lambda: attention(q, k, v, impl="naive"))
     tiled = largest_tensor_bytes(lambda: tiled_attention(q, k, v, block_q=32, block_k=32))
     assert naive == 2 * 2 * 256 * 256 * 4
-    assert tiled <= 2 * 2 * 256 * 8 * 4  # the output (B, H, T, D)
+    assert tiled <= max(2 * 2 * 256 * 8 * 4, 2 * 2 * 32 * 32 * 4)  # the output (B, H, T, D) or a score tile
 
 
 def test_bench_script_runs(tmp_path, root):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmbook.kernels.reference import allowed_mask, naive_attention, sdpa_attention
+from llmbook.kernels.reference import allowed_mask, check_window, naive_attention, sdpa_attention
 from llmbook.kernels.tiled import tiled_attention
 
 IMPLS = ("auto", "naive", "sdpa", "tiled", "triton")
@@ -23,19 +23,29 @@ def triton_available(device: torch.device | str | None = None) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def triton_preferred(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]) -> bool:
+    """Whether "auto" should run the Triton kernel on a GPU of compute `capability` (no mask or bias).
+
+    Yes for float16 or bfloat16 with a head dim of 32, 64 or 128 from Ampere (sm_80) on. Before Ampere
+    (e.g. a T4, sm_75) Triton emits no tensor-core (mma) instructions for these dots, in float16 or bfloat16,
+    only scalar FMAs (checked on the compiled PTX by the tests), so SDPA is faster there. Never in float32
+    (exact, slow, non-tensor-core dot products unless precision="tf32" is asked for explicitly).
+    """
+    return (head_dim in (32, 64, 128) and dtype in (torch.float16, torch.bfloat16)
+            and tuple(capability) >= (8, 0))
+
+
 def resolve_impl(impl: str, device: torch.device | str, head_dim: int, masked: bool,
                  dtype: torch.dtype = torch.bfloat16) -> str:
-    """The implementation `attention(..., impl=impl)` runs: "auto" is triton on CUDA when supported, else sdpa.
-
-    Supported means half precision (in float32 the kernel uses exact, slow, non-tensor-core dot products),
-    a head dim of 32, 64 or 128, and no explicit mask or score bias.
-    """
+    """The implementation `attention(..., impl=impl)` runs: "auto" is triton on CUDA when supported
+    (`triton_preferred`, no explicit mask or score bias), else sdpa."""
     if impl not in IMPLS:
         raise ValueError(f"attention impl={impl!r} is not one of {IMPLS}")
     if impl != "auto":
         return impl
-    if (torch.device(device).type == "cuda" and not masked and head_dim in (32, 64, 128)
-            and dtype in (torch.float16, torch.bfloat16) and triton_available(device)):
+    device = torch.device(device)
+    if (device.type == "cuda" and not masked and torch.cuda.is_available() and triton_available(device)
+            and triton_preferred(dtype, head_dim, torch.cuda.get_device_capability(device))):
         return "triton"
     return "sdpa"
 
@@ -45,9 +55,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, impl: str = 
     """Scaled dot-product attention with one signature for every implementation (@sec-architecture-flash).
 
     q: (B, H, T_q, D); k, v: (B, H_kv, T_k, D) with H a multiple of H_kv (GQA/MQA). Causal masking aligns the
-    queries with the last keys. `window` limits each query to its last `window` keys. `mask` (bool, True = may
-    attend) and `bias` (additive, e.g. ALiBi) are supported by "naive" and "sdpa" only.
+    queries with the last keys. `window` (causal only) limits each query to its last `window` keys. `mask`
+    (bool, True = may attend) and `bias` (additive, e.g. ALiBi) are supported by "naive" and "sdpa" only.
     """
+    check_window(causal, window)
     chosen = resolve_impl(impl, q.device, q.shape[-1], mask is not None or bias is not None, q.dtype)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects 4-d (B, H, T, D) tensors, got {q.ndim}, {k.ndim}, {v.ndim} dims")
@@ -70,4 +81,4 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, impl: str = 
 
 
 __all__ = ["attention", "allowed_mask", "naive_attention", "sdpa_attention", "tiled_attention", "resolve_impl",
-           "triton_available", "IMPLS"]
+           "triton_available", "triton_preferred", "check_window", "IMPLS"]

@@ -13,7 +13,8 @@ def attention_flops(batch: int, n_head: int, t_q: int, t_k: int, head_dim: int, 
                     mode: str = "fwd") -> int:
     """Matmul FLOPs of attention: 4·B·H·(visible query-key pairs)·D forward, 2.5x that backward [@dao2023flashattention2].
 
-    The backward pass does five matmuls to the forward's two; a causal mask halves the visible pairs.
+    2.5x is FlashAttention-2's counting convention: its backward does five matmuls (recomputing the scores)
+    to the forward's two; naive and SDPA backward passes do four. A causal mask halves the visible pairs.
     """
     offset = t_k - t_q
     pairs = sum(max(0, min(t_k, i + offset + 1)) for i in range(t_q)) if causal else t_q * t_k

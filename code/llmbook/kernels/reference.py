@@ -9,23 +9,47 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def allowed_mask(t_q: int, t_k: int, causal: bool, window: int | None, device: torch.device | str) -> Tensor | None:
-    """Boolean (t_q, t_k) matrix of which keys each query may see, or None when all may.
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention arithmetic runs in: float32 for half-precision inputs, else the input's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_window(causal: bool, window: int | None) -> None:
+    """Reject windows the kernels do not implement: non-positive ones, and a window without causal masking."""
+    if window is None:
+        return
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        raise ValueError(f"window must be a positive integer or None, got {window!r}")
+    if not causal:
+        raise ValueError(f"window={window} needs causal=True: the window keeps the last `window` keys up to the "
+                         f"query's position (a one-sided, causal window); symmetric windows are not implemented")
+
+
+def mask_block(rows: range, cols: range, t_q: int, t_k: int, causal: bool, window: int | None,
+               device: torch.device | str) -> Tensor | None:
+    """Boolean (len(rows), len(cols)) block of which queries may see which keys, or None when all may.
 
     Queries are aligned to the *end* of the keys (query i sits at key position i + t_k - t_q), which is the
     convention of FlashAttention-2 and what decoding with a KV cache needs; `window` keeps the last `window`
-    keys up to and including the query's own position (sliding-window attention).
+    keys up to and including the query's own position (sliding-window attention). The tiled kernel asks for
+    one tile at a time; `allowed_mask` for the whole matrix.
     """
+    check_window(causal, window)
     if not causal and window is None:
         return None
-    i = torch.arange(t_q, device=device)[:, None] + (t_k - t_q)
-    j = torch.arange(t_k, device=device)[None, :]
-    keep = torch.ones(t_q, t_k, dtype=torch.bool, device=device)
+    i = torch.arange(rows.start, rows.stop, device=device)[:, None] + (t_k - t_q)
+    j = torch.arange(cols.start, cols.stop, device=device)[None, :]
+    keep = torch.ones(len(rows), len(cols), dtype=torch.bool, device=device)
     if causal:
         keep &= j <= i
     if window is not None:
         keep &= j > i - window
     return keep
+
+
+def allowed_mask(t_q: int, t_k: int, causal: bool, window: int | None, device: torch.device | str) -> Tensor | None:
+    """Boolean (t_q, t_k) matrix of which keys each query may see (see `mask_block`), or None when all may."""
+    return mask_block(range(t_q), range(t_k), t_q, t_k, causal, window, device)
 
 
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None,
@@ -45,7 +69,7 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale:
         k = k.repeat_interleave(n_head // n_kv, dim=1)
         v = v.repeat_interleave(n_head // n_kv, dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    compute = compute_dtype(q.dtype)
     scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) * scale
     if bias is not None:
         scores = scores + bias.to(compute)

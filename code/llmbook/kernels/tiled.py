@@ -13,25 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _tile_mask(qs: int, qe: int, ks: int, ke: int, t_q: int, t_k: int, causal: bool, window: int | None,
-               device: torch.device) -> Tensor | None:
-    """The (qe-qs, ke-ks) tile of the causal/window mask, built from indices; None when no mask applies."""
-    if not causal and window is None:
-        return None
-    i = torch.arange(qs, qe, device=device)[:, None] + (t_k - t_q)  # queries sit at the end of the keys
-    j = torch.arange(ks, ke, device=device)[None, :]
-    keep = torch.ones(qe - qs, ke - ks, dtype=torch.bool, device=device)
-    if causal:
-        keep &= j <= i
-    if window is not None:
-        keep &= j > i - window
-    return keep
+from llmbook.kernels.reference import check_window, compute_dtype, mask_block
 
 
 def _tile_visible(qs: int, qe: int, ks: int, ke: int, offset: int, causal: bool, window: int | None) -> bool:
@@ -45,7 +27,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window
              block_k: int) -> tuple[Tensor, Tensor]:
     b, h, t_q, d = q.shape
     h_kv, t_k = k.shape[1], k.shape[2]
-    dt = _compute_dtype(q.dtype)
+    dt = compute_dtype(q.dtype)
     qg = q.reshape(b, h_kv, h // h_kv, t_q, d).to(dt)  # query heads grouped under their K/V head
     kg, vg = k[:, :, None].to(dt), v[:, :, None].to(dt)  # broadcast over the group, never repeated in memory
     out = torch.zeros_like(qg)
@@ -62,7 +44,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window
             if not _tile_visible(qs, qe, ks, ke, offset, causal, window):
                 continue
             s = (qb @ kg[..., ks:ke, :].transpose(-2, -1)) * scale
-            keep = _tile_mask(qs, qe, ks, ke, t_q, t_k, causal, window, q.device)
+            keep = mask_block(range(qs, qe), range(ks, ke), t_q, t_k, causal, window, q.device)
             if keep is not None:
                 s = s.masked_fill(~keep, float("-inf"))
             m_new = torch.maximum(m, s.amax(dim=-1))
@@ -83,7 +65,7 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
     b, h, t_q, d = q.shape
     h_kv, t_k = k.shape[1], k.shape[2]
     g = h // h_kv
-    dt = _compute_dtype(q.dtype)
+    dt = compute_dtype(q.dtype)
     qg = q.reshape(b, h_kv, g, t_q, d).to(dt)
     dog = do.reshape(b, h_kv, g, t_q, d).to(dt)
     lseg = lse.reshape(b, h_kv, g, t_q)
@@ -101,7 +83,7 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
             if not _tile_visible(qs, qe, ks, ke, offset, causal, window):
                 continue
             s = (qg[..., qs:qe, :] @ kb.transpose(-2, -1)) * scale
-            keep = _tile_mask(qs, qe, ks, ke, t_q, t_k, causal, window, q.device)
+            keep = mask_block(range(qs, qe), range(ks, ke), t_q, t_k, causal, window, q.device)
             if keep is not None:
                 s = s.masked_fill(~keep, float("-inf"))
             p = torch.exp(s - lseg[..., qs:qe, None])  # the probabilities, rebuilt from the saved log-sum-exp
@@ -137,5 +119,6 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale:
     """Block-wise online-softmax attention with a recomputing backward (@sec-architecture-flash)."""
     if block_q <= 0 or block_k <= 0:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
+    check_window(causal, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return TiledAttention.apply(q, k, v, causal, scale, window, block_q, block_k)

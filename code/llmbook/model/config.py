@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbook.kernels import IMPLS as ATTN_IMPLS
+
 MLP_TYPES = ("gelu", "swiglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POS_TYPES = ("learned", "sinusoidal", "rope", "alibi")
 NORM_POSITIONS = ("pre", "post")
-ATTN_IMPLS = ("auto", "naive", "sdpa", "tiled", "triton")
 
 
 @dataclass
@@ -39,7 +40,7 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings and on each residual branch (attention probabilities are not dropped)
     norm_eps: float = 1e-5
     norm_position: str = "pre"  # "pre" (GPT-2, Llama) or "post" (original transformer, BERT)
-    rope_base: float = 10000.0  # theta of RoPE; Llama 3 uses 500000
+    rope_base: float = 10000.0  # theta of RoPE; Llama 3 pre-trains with 500000
     sliding_window: int | None = None  # each query sees at most this many keys (itself included); None: all
     attn_impl: str = "auto"  # see llmbook.kernels.attention
     causal: bool = True  # False: a bidirectional encoder (masked-LM) built from the same blocks
@@ -74,9 +75,9 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.sliding_window must be a positive integer or None, got {self.sliding_window!r}")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ValueError(f"GPTConfig.pos_emb='rope' needs an even head_dim, got {self.head_dim}")
-        if self.pos_emb == "alibi" and self.attn_impl not in ("auto", "naive"):
+        if self.pos_emb == "alibi" and self.attn_impl not in ("auto", "naive", "sdpa"):
             raise ValueError(f"GPTConfig.pos_emb='alibi' adds a bias to the score matrix, which only the naive "
-                             f"attention supports; got attn_impl={self.attn_impl!r}, use attn_impl='naive'")
+                             f"and sdpa attentions support; got attn_impl={self.attn_impl!r}, use 'sdpa' or 'naive'")
         if self.sliding_window is not None and not self.causal:
             raise ValueError("GPTConfig.sliding_window needs causal=True (a window of past tokens)")
 
@@ -146,10 +147,11 @@ class GPTConfig:
 
 
 def _llama(n_layer: int, n_head: int, n_embd: int, vocab: int, ctx: int, n_kv_head: int | None = None,
-           multiple_of: int = 256, mlp_hidden: int | None = None, rope_base: float = 10000.0) -> dict[str, Any]:
+           multiple_of: int = 256, mlp_hidden: int | None = None, rope_base: float = 10000.0,
+           norm_eps: float = 1e-5) -> dict[str, Any]:
     return dict(vocab_size=vocab, block_size=ctx, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
                 n_embd=n_embd, mlp="swiglu", multiple_of=multiple_of, mlp_hidden=mlp_hidden, norm="rmsnorm",
-                pos_emb="rope", bias=False, tie_weights=False, rope_base=rope_base)
+                pos_emb="rope", bias=False, tie_weights=False, rope_base=rope_base, norm_eps=norm_eps)
 
 
 def _gpt2(n_layer: int, n_head: int, n_embd: int, ctx: int = 1024, vocab: int = 50257) -> dict[str, Any]:
@@ -164,9 +166,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-774m": _gpt2(36, 20, 1280),
     "gpt2-1.5b": _gpt2(48, 25, 1600),
     "gpt3-175b": _gpt2(96, 96, 12288, ctx=2048),
-    "llama-7b": _llama(32, 32, 4096, 32000, 2048),
-    "llama-13b": _llama(40, 40, 5120, 32000, 2048),
-    "llama-65b": _llama(80, 64, 8192, 32000, 2048),
+    "llama-7b": _llama(32, 32, 4096, 32000, 2048, norm_eps=1e-6),  # LLaMA-1's RMSNorm eps; Llama 2 and 3: 1e-5
+    "llama-13b": _llama(40, 40, 5120, 32000, 2048, norm_eps=1e-6),
+    "llama-65b": _llama(80, 64, 8192, 32000, 2048, norm_eps=1e-6),
     "llama2-7b": _llama(32, 32, 4096, 32000, 4096),
     "llama2-70b": _llama(80, 64, 8192, 32000, 4096, n_kv_head=8, mlp_hidden=28672),
     "llama3-8b": _llama(32, 32, 4096, 128256, 8192, n_kv_head=8, mlp_hidden=14336, rope_base=500000.0),

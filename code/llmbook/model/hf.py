@@ -81,8 +81,13 @@ def _llama_pairs(cfg: GPTConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def from_hf(hf_model: Any) -> GPT:
-    """A `GPT` with the weights of a transformers GPT-2, Llama or Mistral causal LM (@sec-architecture-hf)."""
+def from_hf(hf_model: Any, dtype: torch.dtype | None = torch.float32) -> GPT:
+    """A `GPT` with the weights of a transformers GPT-2, Llama or Mistral causal LM (@sec-architecture-hf).
+
+    The weights are mapped in float32 and the model is returned in `dtype` (None: the Hugging Face model's).
+    """
+    if dtype is None:
+        dtype = next(hf_model.parameters()).dtype
     model_type = getattr(hf_model.config, "model_type", None)
     sd = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
     if model_type == "gpt2":
@@ -105,7 +110,7 @@ def from_hf(hf_model: Any) -> GPT:
     missing = [m for m in missing if not (cfg.tie_weights and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
-    return model.eval()
+    return model.to(dtype).eval()
 
 
 def hf_config(cfg: GPTConfig) -> Any:
@@ -159,9 +164,10 @@ def _hf_state_dict(model: GPT) -> dict[str, Tensor]:
     return out
 
 
-def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
     """Write config.json + model.safetensors (and the tokenizer, if given) loadable by AutoModelForCausalLM (@sec-architecture-hf).
 
+    The weights are saved in `dtype` (None: the model's own parameter dtype), recorded in config.json.
     `tokenizer` is anything with `save_pretrained(dir)`, e.g. a transformers PreTrainedTokenizerFast. Each file
     is written to a temporary directory beside `out_dir` and moved into place with os.replace.
     """
@@ -177,6 +183,7 @@ def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path
         raise ValueError(f"export mapping incomplete: missing {missing}, unexpected {unexpected}")
     if model.config.tie_weights:
         hf.tie_weights()
+    hf = hf.to(next(model.parameters()).dtype if dtype is None else dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp") as tmp:

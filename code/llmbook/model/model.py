@@ -80,10 +80,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
-        self.weights: Tensor | None = None  # set by GPT.attention_weights, for plotting
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, bias: Tensor | None,
-                mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
+                mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0,
+                weights: list[Tensor] | None = None) -> Tensor:
+        """Attention over x (B, T, C); given a `weights` list, runs the naive kernel and appends its probabilities."""
         b, t, _ = x.shape
         q, k, v = self.c_attn(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
@@ -93,15 +94,15 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cfg = self.config
-        impl = "naive" if cfg.pos_emb == "alibi" else cfg.attn_impl
-        if self.weights is not None:  # GPT.attention_weights asked for the probabilities
-            y, self.weights = naive_attention(q, k, v, cfg.causal, None, cfg.sliding_window, None, bias,
-                                              return_weights=True)
-        elif cache is None:
-            y = attention(q, k, v, causal=cfg.causal, impl=impl, window=cfg.sliding_window, bias=bias)
+        if weights is not None:  # GPT.attention_weights asked for the probabilities
+            y, w = naive_attention(q, k, v, cfg.causal, None, cfg.sliding_window, None, bias, return_weights=True)
+            weights.append(w)
+        elif cache is None:  # "auto" resolves to sdpa when there is a score bias (ALiBi)
+            y = attention(q, k, v, causal=cfg.causal, impl=cfg.attn_impl, window=cfg.sliding_window, bias=bias)
         else:  # incremental decoding: causality, padding and window all come from positions in `mask`
             k, v = cache.append(layer, k, v)
-            y = attention(q, k, v, causal=False, impl="naive" if impl == "naive" else "sdpa", mask=mask, bias=bias)
+            y = attention(q, k, v, causal=False, impl="naive" if cfg.attn_impl == "naive" else "sdpa", mask=mask,
+                          bias=bias)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
@@ -136,11 +137,12 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, bias: Tensor | None,
-                mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
+                mask: Tensor | None = None, cache: "KVCache | None" = None, layer: int = 0,
+                weights: list[Tensor] | None = None) -> Tensor:
         if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised (GPT-2, Llama)
-            x = x + self.drop(self.attn(self.ln_1(x), rope, bias, mask, cache, layer))
+            x = x + self.drop(self.attn(self.ln_1(x), rope, bias, mask, cache, layer, weights))
             return x + self.drop(self.mlp(self.ln_2(x)))
-        x = self.ln_1(x + self.drop(self.attn(x, rope, bias, mask, cache, layer)))  # norm(x + f(x)): 2017, BERT
+        x = self.ln_1(x + self.drop(self.attn(x, rope, bias, mask, cache, layer, weights)))  # norm(x + f(x)): 2017, BERT
         return self.ln_2(x + self.drop(self.mlp(x)))
 
 
@@ -218,7 +220,7 @@ class GPT(nn.Module):
         return n
 
     def _trunk(self, idx: Tensor, pos: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
-               k_pos: Tensor | None = None) -> Tensor:
+               k_pos: Tensor | None = None, weights: list[Tensor] | None = None) -> Tensor:
         """Embeddings and blocks up to the final norm; `pos` (B, T) are the tokens' positions."""
         cfg = self.config
         x = self.wte(idx)
@@ -235,7 +237,7 @@ class GPT(nn.Module):
             bias = alibi_bias(self.alibi, pos, pos if k_pos is None else k_pos, cfg.causal)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, bias, mask, cache, i)
+            x = block(x, rope, bias, mask, cache, i, weights)
         return self.ln_f(x)
 
     def _check_positions(self, last: int) -> None:
@@ -258,15 +260,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def attention_weights(self, idx: Tensor) -> list[Tensor]:
         """The attention probabilities (B, H, T, T) of every layer for token ids idx, computed with the naive kernel."""
-        attns = [block.attn for block in self.blocks]
-        for a in attns:
-            a.weights = torch.empty(0)
-        try:
-            self(idx)
-            return [a.weights for a in attns]
-        finally:
-            for a in attns:
-                a.weights = None
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        self._check_positions(idx.shape[1] - 1)
+        weights: list[Tensor] = []
+        self._trunk(idx, torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1), weights=weights)
+        return weights
 
     def forward_cached(self, idx: Tensor, cache: KVCache, valid: Tensor | None = None) -> Tensor:
         """Logits for new tokens idx (B, T) given the cache of earlier ones; updates the cache (@sec-architecture-kvcache).
@@ -304,8 +303,9 @@ class GPT(nn.Module):
                  use_cache: bool = True, return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Continue each row of idx (B, T) by up to max_new_tokens tokens (@sec-architecture-kvcache).
 
-        temperature=0 is greedy decoding; top_k and top_p (nucleus) truncate the distribution before
-        sampling with `generator`. Batched prompts of different lengths are left-padded, with
+        temperature=0 (or below GREEDY_BELOW) is greedy decoding; top_k and top_p (nucleus) truncate the
+        distribution before sampling with `generator`. Runs in eval mode (no dropout) without gradients and restores the
+        model's training mode afterwards. Batched prompts of different lengths are left-padded, with
         `attention_mask` (B, T) 1 for real tokens. A row that emits a token in `stop` is finished and is
         filled with that token; generation ends when every row is finished. `use_cache=False` recomputes
         the whole sequence at every step (the slow reference). With return_logits, also returns the
@@ -319,6 +319,18 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        was_training = self.training
+        self.eval()  # dropout off while decoding; the caller's mode is restored afterwards
+        try:
+            return self._decode(idx, max_new_tokens, temperature, top_k, top_p, stop, generator, attention_mask,
+                                use_cache, return_logits)
+        finally:
+            self.train(was_training)
+
+    def _decode(self, idx: Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                stop: int | list[int] | None, generator: torch.Generator | None, attention_mask: Tensor | None,
+                use_cache: bool, return_logits: bool) -> Tensor | tuple[Tensor, Tensor]:
+        """The decoding loop of `generate` (arguments already validated, model in eval mode)."""
         stops = torch.tensor([stop] if isinstance(stop, int) else list(stop or []), device=idx.device)
         valid = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
@@ -351,10 +363,18 @@ class GPT(nn.Module):
         return tokens
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this are treated as 0: dividing logits by them overflows float32
+
+
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> Tensor:
-    """One token id per row of logits (B, vocab): greedy when temperature == 0, else top-k/top-p sampling."""
-    if temperature == 0:
+    """One token id per row of logits (B, vocab): greedy when temperature < GREEDY_BELOW, else top-k/top-p sampling.
+
+    top_k keeps every token whose logit ties with the k-th largest, so a tie may keep more than k tokens.
+    The draw uses `generator` on its own device (a CPU generator works with CUDA logits, at the cost of a
+    copy); the result is on the logits' device.
+    """
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -367,7 +387,9 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if generator is not None and generator.device.type != probs.device.type:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
