@@ -329,29 +329,31 @@ class Trainer:
         bar = progress_bar(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
                            progress=self.dist.is_main)
         train_time, tokens_at_tick = 0.0, self.tokens_seen  # training steps only: eval and saves are not timed
-        while self.step < stop:
-            start = time.perf_counter()
-            out = self.train_step()
-            train_time += time.perf_counter() - start
-            bar.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                tokens_per_s = (self.tokens_seen - tokens_at_tick) / max(train_time, 1e-9)
-                train_time, tokens_at_tick = 0.0, self.tokens_seen
-                record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                          "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s),
-                          "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
-                if self.scaler.is_enabled():
-                    record["loss_scale"] = self.scaler.get_scale()
-                self.metrics.write(record)
-                records.append(record)
-                bar.set_postfix(loss=f"{out['loss']:.3f}")
-            if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
-                record = {"step": self.step, "val_loss": self.evaluate()}
-                self.metrics.write(record)
-                records.append(record)
-            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
-                self.save()
-        bar.close()
+        try:
+            while self.step < stop:
+                start = time.perf_counter()
+                out = self.train_step()
+                train_time += time.perf_counter() - start
+                bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    tokens_per_s = (self.tokens_seen - tokens_at_tick) / max(train_time, 1e-9)
+                    train_time, tokens_at_tick = 0.0, self.tokens_seen
+                    record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                              "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s),
+                              "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
+                    if self.scaler.is_enabled():
+                        record["loss_scale"] = self.scaler.get_scale()
+                    self.metrics.write(record)
+                    records.append(record)
+                    bar.set_postfix(loss=f"{out['loss']:.3f}")
+                if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
+                    record = {"step": self.step, "val_loss": self.evaluate()}
+                    self.metrics.write(record)
+                    records.append(record)
+                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
+                    self.save()
+        finally:
+            bar.close()
         return records
 
 
