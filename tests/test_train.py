@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -209,45 +208,56 @@ def test_keep_last_k_and_stale_temp_dirs(tmp_path, shards):
         Trainer(make_cfg(tmp_path, shards), run)
 
 
-def _launch(cfg_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+# Runs the trainer CLI in a subprocess that SIGKILLs itself at a chosen point: right after logging step
+# `kill_log` (between checkpoints), or right after writing the model file of checkpoint `kill_save`
+# (mid-checkpoint: no manifest yet). Deterministic, unlike killing from outside at a polled moment.
+KILLER = """
+import os, signal, sys
+from llmbook.train import checkpoint, trainer
+kill_save, kill_log = int(sys.argv[1]), int(sys.argv[2])
+real_save_file, real_write = checkpoint.save_file, trainer.MetricsLog.write
+def save_file(tensors, filename, metadata=None):
+    real_save_file(tensors, filename, metadata=metadata)
+    if metadata and int(metadata["step"]) == kill_save:
+        os.kill(os.getpid(), signal.SIGKILL)
+def write(self, record):
+    real_write(self, record)
+    if record.get("step") == kill_log and "loss" in record:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save_file, trainer.MetricsLog.write = save_file, write
+from llmbook.train.__main__ import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _run(cfg_path: Path, out: Path, *extra: str, kill_save: int = -1, kill_log: int = -1) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "code"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "llmbook.train", "--config", str(cfg_path), "--out", str(out), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.0005)
+    cmd = [sys.executable, "-c", KILLER, str(kill_save), str(kill_log), "--config", str(cfg_path), "--out", str(out),
+           *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
 
 
 def test_sigkill_during_run_and_during_checkpoint_write(tmp_path, shards):
     """Kill -9 mid-run and mid-checkpoint-write; resuming ends exactly where an uninterrupted run ends."""
     cfg_path = tmp_path / "crash.toml"
     cfg_path.write_text(config_text(shards, model={"n_embd": 64, "n_layer": 2, "n_head": 2, "dropout": 0.1},
-                                    train={"steps": 24, "eval_every": 0},
+                                    train={"steps": 16, "eval_every": 0},
                                     checkpoint={"every": 2, "keep": 2}))
-    ref = _launch(cfg_path, tmp_path / "ref")
-    assert ref.wait(timeout=120) == 0, ref.stdout.read()
+    code, out = _run(cfg_path, tmp_path / "ref")
+    assert code == 0, out
 
     run, root = tmp_path / "crash", tmp_path / "crash" / "checkpoints"
-    proc = _launch(cfg_path, run)  # 1) killed between checkpoints, once a few steps are logged
-    _wait_for(lambda: (run / "metrics.jsonl").exists() and len(losses(run)) >= 5, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc = _launch(cfg_path, run, "--resume")  # 2) killed while a checkpoint directory is being written
-    _wait_for(lambda: any(p.name.endswith(".tmp") and int(p.name[5:13]) >= 12 for p in root.glob("*.tmp")), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list(root.glob("*.tmp")), "the kill should have hit a checkpoint write"
-    last_good = ckpt.latest_valid(root)
-    assert last_good is not None
-    proc = _launch(cfg_path, run, "--resume")
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert f"resumed from {last_good.name}" in out
+    code, out = _run(cfg_path, run, kill_log=5)  # 1) killed between checkpoints
+    assert code == -signal.SIGKILL and ckpt.latest_valid(root).name == "step_00000004"
+    code, out = _run(cfg_path, run, "--resume", kill_save=12)  # 2) killed after the model file of step 12
+    assert code == -signal.SIGKILL and "resumed from step_00000004" in out
+    assert (root / "step_00000012.tmp" / "model.safetensors").is_file()
+    assert not (root / "step_00000012.tmp" / "manifest.json").exists()
+    assert ckpt.latest_valid(root).name == "step_00000010"
+    code, out = _run(cfg_path, run, "--resume")
+    assert code == 0, out
+    assert "resumed from step_00000010" in out
     assert losses(run) == losses(tmp_path / "ref")  # every step logged once, identical losses
     a, b = final_weights(run), final_weights(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -333,3 +343,222 @@ def test_plot_metrics(tmp_path, shards):
     fig = plot_metrics(tmp_path / "run", baselines={"uniform": math.log(257)})
     loss_ax = fig.axes[0]
     assert len(loss_ax.lines) == 3 and [a.get_ylabel() for a in fig.axes][1] == "learning rate"
+
+
+# ------------------------------------------------------------------ regressions from the review
+
+
+def test_resume_past_corrupt_newest_quarantines_it_and_prune_keeps_new(tmp_path, shards):
+    """Checkpoints 4 and 8, 8 corrupt: the resume renames 8 aside, and saving 5 with keep=1 keeps 5 (not 8)."""
+    run = tmp_path / "run"
+    Trainer(make_cfg(tmp_path, shards, ["train.eval_every=0", "checkpoint.keep=3"]), run).fit()
+    root = run / "checkpoints"
+    (root / "step_00000008" / "model.safetensors").write_bytes(b"torn")
+    messages: list[str] = []
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.eval_every=0", "checkpoint.every=1", "checkpoint.keep=1"]),
+                      run, resume=True, log=messages.append)
+    assert trainer.step == 4 and any("step_00000008.corrupt" in m for m in messages)
+    trainer.fit(until=5)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000005", "step_00000008.corrupt"]
+    assert ckpt.resolve(run).name == "step_00000005"
+    # prune never deletes the checkpoint it was told is the newest, even if a higher number is present
+    (root / "step_00000009").mkdir()
+    ckpt.prune(root, 1, newest=root / "step_00000005")
+    assert (root / "step_00000005").is_dir() and not (root / "step_00000009").exists()
+
+
+def test_tokens_per_s_times_training_steps_only(tmp_path, shards, monkeypatch):
+    """A fake clock: each step costs 1 s, evaluation and saving 100 s; throughput must ignore the latter."""
+    from types import SimpleNamespace
+
+    import llmbook.train.trainer as trainer_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = make_cfg(tmp_path, shards, ["train.log_every=2", "train.eval_every=1", "checkpoint.every=1"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    step, evaluate, save = trainer.train_step, trainer.evaluate, trainer.save
+
+    def advance(fn, seconds):
+        def wrapped():
+            out = fn()
+            clock[0] += seconds
+            return out
+        return wrapped
+
+    trainer.train_step, trainer.evaluate, trainer.save = advance(step, 1.0), advance(evaluate, 100.0), advance(save, 100.0)
+    records = [r for r in trainer.fit() if "tokens_per_s" in r]
+    tokens_per_step = cfg.data.batch_size * cfg.data.block_size
+    assert len(records) == 4 and all(r["tokens_per_s"] == tokens_per_step for r in records)
+
+
+def test_torn_last_metrics_line_is_skipped_on_resume(tmp_path, shards):
+    run = tmp_path / "run"
+    Trainer(make_cfg(tmp_path, shards, ["train.eval_every=0"]), run).fit(until=5)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 6, "lo')  # the crash hit mid-write
+    messages: list[str] = []
+    assert len(read_metrics(run / "metrics.jsonl", log=messages.append)) == 5 and "torn last line" in messages[0]
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.eval_every=0"]), run, resume=True, log=messages.append)
+    trainer.fit()
+    assert [s for s, _ in losses(run)] == list(range(1, 9))
+    (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_metrics(run / "metrics.jsonl")
+
+
+def test_h100_multi_gpu_command_keeps_the_global_batch(root):
+    import re
+
+    path = root / "configs" / "h100-124m.toml"
+    text = path.read_text()
+    command = re.search(r"torchrun --nproc_per_node=(\d+).*?--out RUN", text.replace("\n# ", " "), re.S)
+    nproc = int(command.group(1))
+    overrides = re.findall(r"--((?:data|train)\.\w+=\S+)", command.group(0))
+    one, many = load_config(path), load_config(path, overrides)
+    assert one.data.batch_size * one.train.grad_accum == nproc * many.data.batch_size * many.train.grad_accum
+
+
+def test_cuda_rng_state_is_this_device_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.zeros(4))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("must not touch other ranks' GPUs"))
+    ckpt.set_rng_state(ckpt.rng_state())
+    assert calls == [("get", 3), ("set", 3)]
+
+
+def test_files_are_fsynced_before_the_manifest(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(ckpt, "fsync_tree", lambda path: events.append(("fsync", sorted(p.name for p in path.iterdir()))))
+    write = ckpt.atomic_write_text
+    monkeypatch.setattr(ckpt, "atomic_write_text", lambda path, text: (events.append(("write", path.name)),
+                                                                        write(path, text)))
+    model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_kv_head=2, n_embd=16))
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt.save_checkpoint(tmp_path, 1, model, opt, {"step": 1}, {}, sharded=False, keep=2)
+    assert events[0] == ("fsync", ["model.safetensors", "optimizer.pt", "rank_00000.pt"])  # before the barrier
+    assert events.index(("write", ckpt.MANIFEST)) > max(i for i, e in enumerate(events) if e[0] == "fsync")
+
+
+def test_prepare_builds_aside_and_renames(tmp_path, monkeypatch):
+    from llmbook.train import data as train_data
+    from llmbook.train.config import DataConfig
+    from train_fixtures import synthetic_texts
+
+    monkeypatch.setattr(train_data, "documents", lambda cfg: ({"text": t} for t in synthetic_texts(60)))
+    cfg = DataConfig(datasets=["tinystories"], tokenizer_vocab=300, cache_dir=str(tmp_path), block_size=16)
+    real = train_data.write_shards
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_data, "write_shards", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_data.prepare(cfg)
+    assert not any((tmp_path / "shards").iterdir())  # nothing half-built is left where a reader would look
+    monkeypatch.setattr(train_data, "write_shards", real)
+    out = train_data.prepare(cfg)
+    assert (out / "manifest.json").is_file() and (out / "tokenizer.json").is_file()
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == [out.name]
+
+
+def test_bf16_autocast_changes_the_loss_a_little(tmp_path, shards):
+    over = ["train.steps=1", "train.eval_every=0"]
+    fp32 = Trainer(make_cfg(tmp_path, shards, over), tmp_path / "fp32").fit()[0]["loss"]
+    bf16 = Trainer(make_cfg(tmp_path, shards, over + ["train.precision=bf16"]), tmp_path / "bf16").fit()[0]["loss"]
+    assert bf16 != fp32  # autocast really ran in bf16 ...
+    assert bf16 == pytest.approx(fp32, rel=2e-2)  # ... and rounding only moves the loss slightly
+
+
+def _poison_grads(trainer: Trainer, steps: set[int]) -> None:
+    """Turn the gradient of the first parameter into inf during the given (1-based) steps."""
+    param = next(trainer.model.parameters())
+    param.register_hook(lambda g: g * float("inf") if trainer.step + 1 in steps else g)
+
+
+def test_fp16_scaler_starts_at_2_16_and_halves_on_overflow(tmp_path, shards):
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.precision=fp16", "train.steps=4", "train.eval_every=0"]),
+                      tmp_path / "fp16")
+    assert trainer.scaler.get_scale() == 2.0**16
+    _poison_grads(trainer, {3})
+    trainer.fit(until=2)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit(until=3)
+    assert all(torch.equal(p, q) for p, q in zip(before, trainer.model.parameters()))  # the scaler skipped it
+    records = trainer.fit()
+    all_records = read_metrics(tmp_path / "fp16" / "metrics.jsonl")
+    assert [r["loss_scale"] for r in all_records] == [2.0**16, 2.0**16, 2.0**15, 2.0**15]
+    assert [r["skipped_steps"] for r in all_records] == [0, 0, 1, 1] and records
+
+
+def test_fp16_guard_skips_a_nan_loss(tmp_path, shards):
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.precision=fp16", "train.steps=3", "train.eval_every=0"]),
+                      tmp_path / "fp16")
+    forward = trainer.module.forward
+    trainer.module.forward = lambda x, y: (lambda out: (out[0], out[1] * float("nan") if trainer.step == 1 else out[1]))(
+        forward(x, y))
+    messages: list[str] = []
+    trainer.log = messages.append
+    trainer.fit()
+    assert [r["skipped_steps"] for r in read_metrics(tmp_path / "fp16" / "metrics.jsonl")] == [0, 1, 1]
+    assert any("step 2: loss is nan; update skipped" in m for m in messages)
+    assert trainer.scaler.get_scale() == 2.0**15  # unscale_ found the NaN gradients: the scale backs off
+
+
+def test_spike_factor_skips_a_loss_spike(tmp_path, shards):
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.steps=23", "train.eval_every=0", "checkpoint.every=0",
+                                                  "train.spike_factor=3"]), tmp_path / "spike")
+    forward = trainer.module.forward
+    trainer.module.forward = lambda x, y: (lambda out: (out[0], out[1] * 10 if trainer.step == 21 else out[1]))(
+        forward(x, y))
+    messages: list[str] = []
+    trainer.log = messages.append
+    records = trainer.fit()
+    assert [r["skipped_steps"] for r in records][20:] == [0, 1, 1]
+    assert any(m.startswith("step 22: loss spike") for m in messages)
+
+
+def test_on_bad_step_stop_raises_and_cli_reports_one_line(tmp_path, shards, monkeypatch, capsys):
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.eval_every=0", "train.on_bad_step=stop"]), tmp_path / "stop")
+    _poison_grads(trainer, {2})
+    with pytest.raises(TrainingDiverged, match="step 2: gradient norm is inf; stopping"):
+        trainer.fit()
+    assert trainer.step == 1
+
+    import llmbook.train.trainer as trainer_mod
+    from llmbook.cli import main
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("step 7: loss is nan; stopping")
+
+    monkeypatch.setattr(trainer_mod, "run", diverge)
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "llmbook train: error: step 7: loss is nan; stopping"
+
+
+def test_ddp_no_sync_skips_all_reduce_until_the_last_micro_batch(tmp_path, shards):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from llmbook.train.parallel import cleanup
+
+    try:
+        trainer = Trainer(make_cfg(tmp_path, shards, ["parallel.mode=ddp", "train.grad_accum=3", "train.steps=2",
+                                                      "train.eval_every=0"]), tmp_path / "ddp")
+        micro, at = [0], []
+        next_batch = trainer.train_loader.next_batch
+        trainer.train_loader.next_batch = lambda: (micro.__setitem__(0, micro[0] + 1), next_batch())[1]
+
+        def counting(state, bucket):
+            at.append(micro[0])
+            return allreduce_hook(state, bucket)
+
+        trainer.module.register_comm_hook(None, counting)
+        trainer.fit()
+    finally:
+        cleanup()
+    assert at and set(at) <= {3, 6}  # only during the backward of micro-batches 3 and 6 (each step's last)
+    assert at.count(3) == at.count(6) > 0

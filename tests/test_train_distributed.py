@@ -2,7 +2,8 @@
 
 Every run trains the same tiny GPT for 6 steps on the same global batch of 16 windows per step: one process
 with micro-batch 8 and 2 accumulation steps, or 2 ranks with micro-batch 4 and 2 accumulation steps each
-(exercising DDP's `no_sync` and FSDP2's deferred reduce-scatter). Tolerances: losses 1e-5 absolute,
+(exercising DDP's `no_sync`, and FSDP2 both with its default per-micro-batch reduce-scatter and with the
+opt-in deferred one, `parallel.fsdp_no_sync`). Tolerances: losses 1e-5 absolute,
 parameters 5e-5 absolute after 6 AdamW steps (float sums are reduced in a different order across ranks).
 """
 
@@ -59,7 +60,7 @@ def weights(run: Path, cfg: Path) -> dict[str, torch.Tensor]:
     if (path / "model.safetensors").is_file():
         return load_file(path / "model.safetensors")
     model = GPT(load_config(cfg).model_config())
-    return load_file(ckpt.consolidate(path, model, run / "consolidated.safetensors"))
+    return load_file(ckpt.consolidate(path, model, run / "consolidated.safetensors", trust_sharded=True))
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -83,8 +84,18 @@ def test_fsdp2_matches_single_process_and_resumes_at_world_size_1(setup, tmp_pat
     manifest = ckpt.verify(ckpt.resolve(run))
     assert manifest["format"] == "dcp" and manifest["world_size"] == 2
     assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata"} <= set(manifest["files"])
+    assert manifest["consolidated"] and "model.safetensors" in manifest["files"]  # the final save: no pickle to export
     assert_same_curves(run, reference)
     assert_same_weights(weights(run, cfg), weights(reference, cfg))
+
+    # an intermediate (DCP-only) checkpoint: generate/export refuse its pickled metadata unless trusted
+    step3 = run / "checkpoints" / "step_00000003"
+    assert not ckpt.verify(step3)["consolidated"]
+    with pytest.raises(ckpt.CheckpointError, match="--trust-sharded"):
+        ckpt.consolidate(step3, GPT(load_config(cfg).model_config()), run / "x.safetensors")
+    from llmbook.cli import main
+    assert main(["export", "--checkpoint", str(step3), "--out", str(tmp_path / "hf")]) == 2
+    ckpt.consolidate(step3, GPT(load_config(cfg).model_config()), run / "x.safetensors", trust_sharded=True)
 
     # world size 2 -> 1: drop the final checkpoint, resume the step-3 one in a 1-process FSDP2 group
     shutil.rmtree(run / "checkpoints" / "step_00000006")
@@ -107,7 +118,7 @@ def test_fsdp2_checkpoint_from_world_size_1_resumes_at_2(setup, tmp_path):
     finally:
         cleanup()
     assert ckpt.verify(ckpt.resolve(run))["world_size"] == 1
-    log = torchrun(cfg, run, 2, "--parallel", "fsdp", "--resume")
+    log = torchrun(cfg, run, 2, "--parallel", "fsdp", "--resume", "--parallel.fsdp_no_sync=true")
     assert "resumed from step_00000003 at step 3" in log
     assert_same_curves(run, reference)
     assert_same_weights(weights(run, cfg), weights(reference, cfg))

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from llmbook.cli import CLIError
 from llmbook.train.cli import add_arguments, run_train
 
 
@@ -12,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_train(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, FileNotFoundError) as err:
         print(f"llmbook.train: error: {err}", file=sys.stderr)
         return 2
 

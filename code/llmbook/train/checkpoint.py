@@ -14,7 +14,6 @@ leaves either the previous checkpoints or a `.tmp` directory that is ignored and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,8 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
+
+from llmbook.data._io import atomic_write, fsync_dir
+from llmbook.data.pack import file_sha256
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
@@ -38,33 +40,26 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or fails its checksums."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or directory to stable storage (a rename is only durable once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+CORRUPT = ".corrupt"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` atomically: temp file in the same directory, flush + fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    """Write text to `path` atomically (llmbook.data._io.atomic_write) and make the rename durable."""
+    atomic_write(path, lambda f: f.write(text))
+    fsync_dir(path.parent)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then every directory bottom-up, so a later rename publishes durable data."""
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+    fsync_dir(path)
 
 
 def step_dir_name(step: int) -> str:
@@ -94,8 +89,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # only this rank's device: other GPUs belong to other ranks
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -106,7 +101,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 def to_safe(obj: Any) -> Any:
@@ -142,7 +137,7 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], config: dict[str, Any], sharded: bool, keep: int,
-                    extra_files: list[Path] = ()) -> Path:
+                    extra_files: list[Path] = (), consolidated: bool = False) -> Path:
     """Write checkpoint `step` under `root` atomically on every rank; return its final directory.
 
     `sharded=True` (FSDP2) saves model and optimizer with `torch.distributed.checkpoint`, one shard per
@@ -163,39 +158,73 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+        if consolidated:  # a collective: every rank gathers, rank 0 keeps the CPU copy
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if rank == 0:
+                save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"),
+                          metadata={"step": str(step)})
     elif rank == 0:
         save_file(full_model_state(model), str(tmp / "model.safetensors"), metadata={"step": str(step)})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(to_safe(trainer_state), tmp / f"rank_{rank:05d}.pt")
+    fsync_tree(tmp)  # each rank makes its own files durable before rank 0 may publish them
     _barrier()
     if rank == 0:
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True))
         for extra in extra_files:
             shutil.copyfile(extra, tmp / Path(extra).name)
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            fsync_path(path)
-            files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        manifest = {"step": step, "world_size": world, "format": "dcp" if sharded else "full", "files": files}
+        fsync_tree(tmp)
+        files = {path.relative_to(tmp).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                 for path in sorted(p for p in tmp.rglob("*") if p.is_file())}
+        manifest = {"step": step, "world_size": world, "format": "dcp" if sharded else "full", "files": files,
+                    "consolidated": bool(sharded and consolidated)}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fsync_path(root)
-        prune(root, keep)
+        fsync_dir(root)
+        prune(root, keep, newest=final)
     _barrier()
     return final
 
 
-def prune(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints and any stale `.tmp` directories; return what was removed."""
+def prune(root: Path, keep: int, newest: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints and any stale `.tmp` directories; return what was removed.
+
+    `newest` (the checkpoint just written) is never deleted, even when older-numbered directories
+    outrank it; `.corrupt` directories are kept for inspection and never counted.
+    """
     removed = [p for p in root.glob(f"{PREFIX}*.tmp") if p.is_dir()]
-    removed += list_checkpoints(root)[:-keep]
+    found = list_checkpoints(root)
+    if newest is not None:
+        found = [p for p in found if p != newest] + [newest]
+    removed += [p for p in found[:-keep] if p != newest]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+def quarantine_newer(root: Path, step: int) -> list[Path]:
+    """Rename every checkpoint newer than `step` to `step_X.corrupt` (after resuming from an older one).
+
+    Those directories failed verification; leaving them would let the next prune keep them and delete
+    the good checkpoints written after the resume. The renamed copies stay for inspection.
+    """
+    moved = []
+    for path in list_checkpoints(root):
+        if int(path.name[len(PREFIX):]) > step:
+            target = path.with_name(path.name + CORRUPT)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+            moved.append(target)
+    if moved:
+        fsync_dir(root)
+    return moved
 
 
 # ---------------------------------------------------------------- finding and verifying
@@ -223,7 +252,7 @@ def verify(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path.name}: missing file {rel}")
         if file.stat().st_size != meta["bytes"]:
             raise CheckpointError(f"{path.name}: {rel} has {file.stat().st_size} bytes, manifest says {meta['bytes']}")
-        if sha256_file(file) != meta["sha256"]:
+        if file_sha256(file) != meta["sha256"]:
             raise CheckpointError(f"{path.name}: {rel} fails its sha256 checksum (corrupted)")
     return manifest
 
@@ -255,10 +284,13 @@ def resolve(path: str | Path) -> Path:
 # ---------------------------------------------------------------- reading
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    sharded: bool) -> dict[str, Any]:
+                    sharded: bool, trust_sharded: bool = False) -> dict[str, Any]:
     """Load model (and optimizer) state from checkpoint `path` on every rank; return this rank's trainer state.
 
     A sharded (DCP) checkpoint is resharded to the current world size by `torch.distributed.checkpoint`.
+    DCP's metadata file is a pickle, so loading weights only (`optimizer=None`: generate, export) reads
+    the consolidated `model.safetensors` when the checkpoint has one and refuses the DCP shards unless
+    `trust_sharded=True`.
     When the world size changed, ranks without a saved trainer state take rank 0's (RNG streams and data
     order then differ from an uninterrupted run, which the trainer reports).
     """
@@ -267,7 +299,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        if optimizer is None:
+        if optimizer is None and (path / "model.safetensors").is_file():
+            model.load_state_dict(load_file(str(path / "model.safetensors")))
+        elif optimizer is None:
+            if not trust_sharded:
+                raise CheckpointError(f"{path.name} is a sharded (DCP) checkpoint without a consolidated "
+                                      "model.safetensors; DCP metadata is a pickle, so reading it runs code from "
+                                      "the file: pass --trust-sharded only for checkpoints you wrote yourself")
             state = {"model": model.state_dict()}
             dcp.load(state, checkpoint_id=str(path / "dcp"))
             model.load_state_dict(state["model"])
@@ -290,19 +328,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return trainer_state
 
 
-def consolidate(path: str | Path, model: nn.Module, out_file: str | Path) -> Path:
+def consolidate(path: str | Path, model: nn.Module, out_file: str | Path, trust_sharded: bool = False) -> Path:
     """Load any checkpoint (full or DCP-sharded) into an unsharded `model` and write one safetensors file."""
     ckpt = resolve(path)
     with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        load_checkpoint(ckpt, model, None, sharded=False)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp{os.getpid()}")
-    save_file(full_model_state(model), str(tmp))
-    fsync_path(tmp)
-    os.replace(tmp, out_file)
-    return out_file
+        load_checkpoint(ckpt, model, None, sharded=False, trust_sharded=trust_sharded)
+    state = full_model_state(model)
+    return atomic_write(out_file, lambda f: f.write(save(state)), mode="wb")
 
 
 @dataclass

@@ -42,11 +42,16 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, and report where the results are."""
+    from llmbook.cli import CLIError
+    from llmbook.train.checkpoint import CheckpointError
     from llmbook.train.config import load_config
-    from llmbook.train.trainer import run
+    from llmbook.train.trainer import TrainingDiverged, run
 
     cfg = load_config(args.config, overrides_from(args))
-    records = run(cfg, args.out, resume=args.resume)
+    try:
+        records = run(cfg, args.out, resume=args.resume)
+    except (CheckpointError, TrainingDiverged) as err:  # a user-facing condition, not a bug: one line, exit 2
+        raise CLIError(str(err)) from None
     losses = [r["loss"] for r in records if "loss" in r]
     if losses and int(os.environ.get("RANK", "0")) == 0:
         print(f"final train loss {losses[-1]:.4f}; metrics in {args.out}/metrics.jsonl")

@@ -131,6 +131,9 @@ class ParallelConfig:
     mode: str = "none"
     reshard_after_forward: bool = True  # FSDP2: ZeRO-3 (True) or ZeRO-2-like (False)
     reduce_dtype: str = "fp32"  # FSDP2 MixedPrecisionPolicy: dtype of the gradient reduce-scatter
+    # FSDP2 + grad_accum: skip the reduce-scatter on all but the last micro-batch. Off by default (as in
+    # torchtitan): it keeps every block's unsharded gradients alive and saves no all-gathers.
+    fsdp_no_sync: bool = False
 
     def __post_init__(self) -> None:
         _choice("parallel", "mode", self.mode, PARALLEL_MODES)

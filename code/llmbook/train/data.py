@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
 
+from llmbook.data._io import fsync_dir
 from llmbook.data.pack import MANIFEST, TokenLoader, file_sha256, write_shards
 from llmbook.data.sources import load_corpus
 from llmbook.train.checkpoint import atomic_write_text
 from llmbook.train.config import DataConfig
 
 EOS = "<|endoftext|>"
+PREPARE_TIMEOUT = timedelta(hours=6)  # the other ranks wait this long for rank 0 to tokenize a large corpus
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -54,23 +58,35 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
     out = cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / MANIFEST).is_file():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
-    atomic_write_text(out / "tokenizer.json", tokenizer.to_str())
-    write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, out, eos_id=tokenizer.token_to_id(EOS),
-                 vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
-                 tokenizer_hash=file_sha256(out / "tokenizer.json"), progress=progress)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")  # built aside, renamed into place when complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
+        atomic_write_text(tmp / "tokenizer.json", tokenizer.to_str())
+        write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, tmp, eos_id=tokenizer.token_to_id(EOS),
+                     vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
+                     tokenizer_hash=file_sha256(tmp / "tokenizer.json"), progress=progress)
+        if out.exists():  # a leftover without a manifest (crashed before the old code's last write)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def token_loaders(cfg: DataConfig, main: bool = True):
     """A loader factory `(split, rank, world_size, seed) -> TokenLoader` over the prepared shards.
 
-    Rank 0 prepares the shards while the other ranks wait at a barrier.
+    Rank 0 prepares the shards while the other ranks wait at a barrier of a CPU (gloo) group whose
+    timeout (`PREPARE_TIMEOUT`) allows for tokenizing a large corpus; the default one would fire first.
     """
+    group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT) if dist.is_initialized() else None
     shard_dir = prepare(cfg) if main else None
-    if dist.is_initialized():
-        dist.barrier()
+    if group is not None:
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
         shard_dir = shard_dir or prepare(cfg)
 
     def make(split: str, rank: int, world_size: int, seed: int) -> TokenLoader:

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import argparse
 
-from llmbook.train.generate import load_model
+from llmbook.train import checkpoint as ckpt
+from llmbook.train.data import EOS
+from llmbook.train.generate import add_trust_flag, load_model
 
 
-def export(checkpoint: str, out_dir: str) -> str:
+def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
     """Write `config.json`, `model.safetensors` and the tokenizer, loadable by `AutoModelForCausalLM`."""
     from transformers import PreTrainedTokenizerFast
 
     from llmbook.model import to_hf
 
-    model, tokenizer, meta = load_model(checkpoint)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                     bos_token="<|endoftext|>", unk_token=None)
+    model, tokenizer, meta = load_model(checkpoint, trust_sharded=trust_sharded)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None)
     to_hf(model, out_dir, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
 
 
 def run_export(args: argparse.Namespace) -> int:
-    print(export(args.checkpoint, args.out))
-    return 0
+    from llmbook.cli import CLIError
+
+    try:
+        print(export(args.checkpoint, args.out, trust_sharded=args.trust_sharded))
+        return 0
+    except ckpt.CheckpointError as err:  # e.g. a sharded checkpoint without --trust-sharded: one line, exit 2
+        raise CLIError(str(err)) from None
 
 
 def add_parser(subparsers) -> None:
@@ -30,4 +36,5 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint as a Hugging Face model folder")
     parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint")
     parser.add_argument("--out", required=True, help="output folder for config.json, model.safetensors, tokenizer")
+    add_trust_flag(parser)
     parser.set_defaults(func=run_export)

@@ -10,10 +10,15 @@ import torch
 
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import RunConfig
+from llmbook.train.data import EOS
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """Return `(model, tokenizer, info)` from a run directory or checkpoint; FSDP2 shards are gathered in one process."""
+def load_model(path: str | Path, device: str = "cpu", trust_sharded: bool = False):
+    """Return `(model, tokenizer, info)` from a run directory or checkpoint.
+
+    An FSDP2 checkpoint is read from its consolidated `model.safetensors`; its DCP shards (pickled
+    metadata) are gathered in one process only with `trust_sharded=True` (@sec-scale-checkpoint).
+    """
     from tokenizers import Tokenizer
 
     from llmbook.model import GPT
@@ -22,7 +27,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     model = GPT(RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config())
     with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        ckpt.load_checkpoint(meta.path, model, None, sharded=False)
+        ckpt.load_checkpoint(meta.path, model, None, sharded=False, trust_sharded=trust_sharded)
     tok_file = meta.path / "tokenizer.json"
     if not tok_file.is_file():
         raise FileNotFoundError(f"{meta.path} has no tokenizer.json (the run used pre-tokenized shards without one)")
@@ -33,9 +38,9 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100, temp
                   top_k: int | None = 50, seed: int = 0) -> str:
     """Continue `prompt` with the model, stopping at the end-of-text token; returns prompt + continuation."""
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id("<|endoftext|>")]
+    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(EOS)]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    eos = tokenizer.token_to_id("<|endoftext|>")
+    eos = tokenizer.token_to_id(EOS)
     gen = torch.Generator(device=device).manual_seed(seed)
     room = model.config.block_size - idx.shape[1]
     if room <= 0 and model.config.pos_emb == "learned":
@@ -48,12 +53,24 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100, temp
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model, tokenizer, meta = load_model(args.checkpoint)
-    print(f"# {meta.path.name} (step {meta.step})")
-    for i in range(args.samples):
-        print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                            args.top_k or None, seed=args.seed + i))
-    return 0
+    from llmbook.cli import CLIError
+
+    try:
+        model, tokenizer, meta = load_model(args.checkpoint, trust_sharded=args.trust_sharded)
+        print(f"# {meta.path.name} (step {meta.step})")
+        for i in range(args.samples):
+            print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                                args.top_k or None, seed=args.seed + i))
+        return 0
+    except ckpt.CheckpointError as err:  # e.g. a sharded checkpoint without --trust-sharded: one line, exit 2
+        raise CLIError(str(err)) from None
+
+
+def add_trust_flag(parser) -> None:
+    """`--trust-sharded`: allow reading a DCP checkpoint's pickled metadata (only for checkpoints you wrote)."""
+    parser.add_argument("--trust-sharded", action="store_true",
+                        help="read an FSDP2 (DCP) checkpoint without a consolidated model.safetensors; its "
+                             "metadata is a pickle, so only use this on checkpoints you trust")
 
 
 def add_parser(subparsers) -> None:
@@ -66,4 +83,5 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=50, help="0 disables top-k truncation")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    add_trust_flag(parser)
     parser.set_defaults(func=run_generate)

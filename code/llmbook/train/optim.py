@@ -14,7 +14,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split parameters: matrices of linear layers decay; norms, biases and embeddings do not.
 
     Decaying a norm gain or a bias pulls it towards zero for no benefit, and decaying embedding rows
-    penalises rare tokens that receive few gradient updates (the nanoGPT/Llama convention).
+    penalises rare tokens that receive few gradient updates (minGPT's convention; nanoGPT decays every
+    parameter with two or more dimensions, embeddings included).
     """
     no_decay_ids: set[int] = set()
     for module in model.modules():

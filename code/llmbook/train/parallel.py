@@ -82,16 +82,19 @@ def wrap_model(model: nn.Module, cfg: ParallelConfig, info: DistInfo, param_dtyp
     return model
 
 
-def grad_sync(model: nn.Module, mode: str, sync: bool):
-    """Context for one micro-step: skip the gradient all-reduce except on the last micro-batch.
+def grad_sync(model: nn.Module, mode: str, sync: bool, fsdp_no_sync: bool = False):
+    """Context for one micro-step: skip the gradient reduction except on the last micro-batch.
 
-    DDP's `no_sync()` accumulates locally; FSDP2's `set_requires_gradient_sync(False)` likewise defers
-    the reduce-scatter, so accumulation costs one communication per optimizer step.
+    DDP's `no_sync()` accumulates the full gradients locally, so accumulation costs one all-reduce per
+    optimizer step. FSDP2's `set_requires_gradient_sync(False)` defers the reduce-scatter too, but then
+    every block keeps unsharded gradients until the last micro-batch (the ZeRO-2/3 gradient saving is
+    lost) and, with `reshard_after_forward=True`, the parameter all-gathers still run every micro-batch;
+    so for FSDP it is opt-in (`parallel.fsdp_no_sync`), as in torchtitan.
     """
     if mode == "ddp" and not sync:
         return model.no_sync()
     if mode == "fsdp":
-        model.set_requires_gradient_sync(sync)
+        model.set_requires_gradient_sync(sync or not fsdp_no_sync)
     return contextlib.nullcontext()
 
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
+from llmbook.data._io import progress_bar
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import RunConfig
 from llmbook.train.optim import build_optimizer, lr_at, set_lr
@@ -52,6 +49,10 @@ def memory_mb(device: torch.device) -> float:
     """Peak memory in MiB: allocated CUDA memory on a GPU, peak resident set size of the process on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -75,17 +76,16 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 class MetricsLog:
     """Append-only JSONL log, one object per line, flushed after each record (rank 0 only)."""
 
-    def __init__(self, path: Path, enabled: bool, keep_until: int) -> None:
+    def __init__(self, path: Path, enabled: bool, keep_until: int, log: Callable[[str], None] = print) -> None:
         self.path, self.enabled = path, enabled
         if enabled:
-            self._truncate(keep_until)
+            self._truncate(keep_until, log)
 
-    def _truncate(self, step: int) -> None:
+    def _truncate(self, step: int, log: Callable[[str], None]) -> None:
         """Drop records after `step`: a resumed run rewrites the steps the crashed run did not checkpoint."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [json.dumps(r) for r in read_metrics(self.path, log) if r.get("step", 0) <= step]
         ckpt.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -95,9 +95,18 @@ class MetricsLog:
                 f.flush()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a metrics.jsonl file into a list of records."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Read a metrics.jsonl file into a list of records, skipping (and reporting) a last line torn by a crash."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON (only a torn last line is tolerated)") from None
+            log(f"{path}: skipped a torn last line ({len(line)} characters)")
+    return records
 
 
 class Trainer:
@@ -152,7 +161,7 @@ class Trainer:
             self._resume()
         elif ckpt.list_checkpoints(self.ckpt_root):
             raise ValueError(f"{self.ckpt_root} already holds checkpoints; resume, or choose a new output directory")
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.dist.is_main, keep_until=self.step)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.dist.is_main, keep_until=self.step, log=self.log)
 
     # ------------------------------------------------------------------ state
     @property
@@ -165,16 +174,22 @@ class Trainer:
                 "guard": dict(self.guard), "world_size": self.dist.world_size}
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (all ranks must call this)."""
+        """Write a checkpoint of the current step (all ranks must call this); the last one of an FSDP2 run
+        also holds consolidated weights, so generate/export never read DCP's pickled metadata."""
         path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.trainer_state(),
                                     self.cfg.to_dict(), sharded=self.sharded, keep=self.cfg.checkpoint.keep,
-                                    extra_files=self.extra_files)
+                                    extra_files=self.extra_files,
+                                    consolidated=self.sharded and self.step == self.cfg.train.steps)
         self.log(f"saved checkpoint {path.name}")
         return path
 
     def _resume(self) -> None:
         found = ckpt.latest_valid(self.ckpt_root, log=self.log) if self.dist.is_main else None
         found = broadcast_object(str(found) if found else None)
+        if self.dist.is_main:  # checkpoints newer than the one resumed failed verification: set them aside
+            resumed = int(Path(found).name[len(ckpt.PREFIX):]) if found else -1
+            for path in ckpt.quarantine_newer(self.ckpt_root, resumed):
+                self.log(f"renamed unusable {path.name[:-len(ckpt.CORRUPT)]} to {path.name} (kept for inspection)")
         if found is None:
             self.log(f"no valid checkpoint in {self.ckpt_root}; starting from step 0")
             return
@@ -225,16 +240,18 @@ class Trainer:
         for micro in range(accum):
             x, y = self.train_loader.next_batch()
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
-            with grad_sync(self.module, cfg.parallel.mode, sync=micro == accum - 1), self.autocast():
+            with grad_sync(self.module, cfg.parallel.mode, sync=micro == accum - 1,
+                           fsdp_no_sync=cfg.parallel.fsdp_no_sync), self.autocast():
                 logits, loss = self.module(x, y)
                 objective = loss + cfg.train.z_loss * z_loss(logits) if cfg.train.z_loss else loss
             self.scaler.scale(objective / accum).backward()
             loss_sum += loss.detach().float()
-        loss = all_reduce_mean(loss_sum / accum).item()
+        loss_t = all_reduce_mean(loss_sum / accum)
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        loss, grad_norm = torch.stack([loss_t, norm.float().to(loss_t.device)]).tolist()  # one host sync
         reason = self._bad_step_reason(loss, grad_norm)
         if reason:
             self.optimizer.zero_grad(set_to_none=True)
@@ -247,12 +264,17 @@ class Trainer:
             if self.scaler.is_enabled():
                 self.scaler.update()
         else:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.guard["bad_in_a_row"] = 0
-            self.guard["count"] += 1
-            self.guard["ema"] += (loss - self.guard["ema"]) / min(self.guard["count"], 50)
+            if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+                reason = f"fp16 gradients overflowed at loss scale {scale:g}; the scaler skipped the update"
+                self.guard["skipped"] += 1  # the scaler lowers the scale and skips the update itself
+            else:
+                self.guard["bad_in_a_row"] = 0
+                self.guard["count"] += 1
+                self.guard["ema"] += (loss - self.guard["ema"]) / min(self.guard["count"], 50)
         self.step += 1
         self.tokens_seen += accum * cfg.data.batch_size * cfg.data.block_size * self.dist.world_size
         return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": bool(reason)}
@@ -304,29 +326,34 @@ class Trainer:
         cfg, records = self.cfg, []
         stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
         self.module.train()
-        quiet = not self.dist.is_main or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step", disable=True if quiet else None)
-        tick, tokens_at_tick = time.perf_counter(), self.tokens_seen
-        while self.step < stop:
-            out = self.train_step()
-            bar.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                now = time.perf_counter()
-                tokens_per_s = (self.tokens_seen - tokens_at_tick) / max(now - tick, 1e-9)
-                tick, tokens_at_tick = now, self.tokens_seen
-                record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                          "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s),
-                          "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
-                self.metrics.write(record)
-                records.append(record)
-                bar.set_postfix(loss=f"{out['loss']:.3f}")
-            if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
-                record = {"step": self.step, "val_loss": self.evaluate()}
-                self.metrics.write(record)
-                records.append(record)
-            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
-                self.save()
-        bar.close()
+        bar = progress_bar(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                           progress=self.dist.is_main)
+        train_time, tokens_at_tick = 0.0, self.tokens_seen  # training steps only: eval and saves are not timed
+        try:
+            while self.step < stop:
+                start = time.perf_counter()
+                out = self.train_step()
+                train_time += time.perf_counter() - start
+                bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    tokens_per_s = (self.tokens_seen - tokens_at_tick) / max(train_time, 1e-9)
+                    train_time, tokens_at_tick = 0.0, self.tokens_seen
+                    record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                              "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s),
+                              "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
+                    if self.scaler.is_enabled():
+                        record["loss_scale"] = self.scaler.get_scale()
+                    self.metrics.write(record)
+                    records.append(record)
+                    bar.set_postfix(loss=f"{out['loss']:.3f}")
+                if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
+                    record = {"step": self.step, "val_loss": self.evaluate()}
+                    self.metrics.write(record)
+                    records.append(record)
+                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
+                    self.save()
+        finally:
+            bar.close()
         return records
 
 
