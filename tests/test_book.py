@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import booktools
 import pytest
 
@@ -111,3 +113,15 @@ def test_setup_is_reproducible():
     b = (torch.rand(3), np.random.rand(3))
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert first.device in ("cpu", "cuda") and first.preset
+
+
+def test_bibliography_entries_are_well_formed(root):
+    """Each entry has balanced braces, a title and a year, and no key appears twice."""
+    text = (root / "references.bib").read_text(encoding="utf-8")
+    entries = [e for e in re.split(r"(?m)^(?=@)", text) if e.startswith("@")]
+    keys = [booktools.BIB_KEY.match(e).group(1) for e in entries]
+    assert len(keys) == len(set(keys)), f"duplicate keys: {sorted(k for k in keys if keys.count(k) > 1)}"
+    for key, entry in zip(keys, entries):
+        body = re.sub(r"(?m)^%.*$", "", entry)
+        assert body.count("{") == body.count("}"), f"references.bib: entry {key} has unbalanced braces"
+        assert re.search(r"\btitle\s*=", body) and re.search(r"\byear\s*=", body), f"{key}: needs title and year"
