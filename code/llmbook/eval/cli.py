@@ -122,7 +122,7 @@ def run_rouge(args: argparse.Namespace) -> int:
 
 
 def run_contamination(args: argparse.Namespace) -> int:
-    from llmbook.eval.contamination import ContaminationIndex
+    from llmbook.eval.contamination import ContaminationIndex, read_documents
     from llmbook.eval.harness import item_text
     from llmbook.eval.tasks import get_task
 
@@ -133,7 +133,7 @@ def run_contamination(args: argparse.Namespace) -> int:
     if not corpus.is_file():
         raise FileNotFoundError(f"training corpus {corpus} not found")
     with corpus.open(encoding="utf-8") as f:
-        report = ContaminationIndex(items, n=args.n).scan(f).report()
+        report = ContaminationIndex(items, n=args.n).scan(read_documents(f)).report()
     out = {name: r.to_dict() for name, r in report.items()}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -189,7 +189,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_rouge)
 
     c = sub.add_parser("contamination", help="n-gram overlap between a training corpus and benchmark items")
-    c.add_argument("--train", required=True, help="training corpus, UTF-8 text (scanned line by line)")
+    c.add_argument("--train", required=True, help="training corpus, UTF-8 text (documents separated by blank lines)")
     c.add_argument("--tasks", required=True, help="comma-separated task names")
     c.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
     c.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")
