@@ -304,3 +304,43 @@ def test_requests_with_the_same_input_share_one_forward_pass(hf):
     assert len(calls) == 1  # one forward pass serves all four single-token continuations
     for (c, x), (ll, _) in zip(single, scores):
         assert ll == pytest.approx(reference_loglikelihood(model, tok, c, x)[0], abs=1e-4)
+
+
+def test_generation_keeps_room_for_the_answer_and_warns(tokenizer, data_dir):
+    lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=64, seed=3), tokenizer)
+    seen = {}
+    orig = lm.greedy_ids
+
+    def spy(ids, max_tokens, stop=()):
+        seen.update(n_prompt=len(ids), max_tokens=max_tokens)
+        return orig(ids, max_tokens, stop)
+
+    lm.greedy_ids = spy
+    prompt = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:2000]
+    assert len(lm.encode(prompt)) > 64
+    with pytest.warns(RuntimeWarning, match="cut to its last 54 to leave room for 10 new tokens"):
+        lm.generate(prompt, max_tokens=10)
+    assert seen == {"n_prompt": 54, "max_tokens": 10}
+    with pytest.warns(RuntimeWarning, match="cut to its last 1 "):  # at least one prompt token survives
+        lm.generate(prompt, max_tokens=500)
+    assert seen == {"n_prompt": 1, "max_tokens": 63}
+
+
+def test_hf_fast_path_stops_at_stop_strings(tokenizer):
+    lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=256, seed=3), tokenizer)
+    free = lm.generate("Once upon a time", max_tokens=40)
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    assert len(stop) == 3 and stop in free
+    calls = []
+    orig = lm.model.generate
+
+    def spy(ids, **kwargs):
+        out = orig(ids, **kwargs)
+        calls.append({**kwargs, "n_new": out.shape[1] - ids.shape[1]})
+        return out
+
+    lm.model.generate = spy
+    out = lm.generate("Once upon a time", stop=[stop], max_tokens=40)
+    assert out == free[: free.index(stop)]
+    assert calls[0]["stop_strings"] == [stop] and calls[0]["tokenizer"] is tokenizer
+    assert calls[0]["n_new"] < 40  # generation ended at the stop string, not at max_tokens
