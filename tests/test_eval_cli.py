@@ -106,3 +106,13 @@ def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
     assert "task 'boolq'" in err and "boolq_val_dev.jsonl:1" in err
     assert main(["eval", "--model", str(tmp_path), "--tasks", "piqa", "--data-dir", str(data_dir)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys):
+    # refused before any model is loaded (the model path does not even exist)
+    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "arc_easy,humaneval", "--data-dir",
+                 str(data_dir)]) == 2
+    assert "humaneval execute model-generated code; pass --allow-code-execution" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "humaneval", "--data-dir", str(data_dir),
+                 "--allow-code-execution"]) == 2
+    assert "no config.json" in capsys.readouterr().err  # opted in: it got as far as loading the model

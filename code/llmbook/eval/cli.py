@@ -68,8 +68,10 @@ def run_tasks(args: argparse.Namespace) -> int:
     if not args.model or not args.tasks:
         raise CLIError("llmbook eval needs --model and --tasks (or a subcommand: ppl, bleu, rouge, contamination)")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for name in names:
-        get_task(name)  # unknown task names fail before the model loads
+    code = [name for name in names if get_task(name).kind == "code"]  # unknown names fail before the model loads
+    if code and not args.allow_code_execution:
+        raise CLIError(f"task(s) {', '.join(code)} execute model-generated code; pass --allow-code-execution to "
+                       "run it in the sandbox (namespaces where available, else only a Python guard)")
     data_dir = _data_dir(args.data_dir)
     model = load_model(args.model, args.batch_size, args.device, args.max_length)
     results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
@@ -162,6 +164,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and bootstrap seed")
     p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--output", help="also write full per-item results JSON here (atomically)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required for humaneval/mbpp: run model-generated code in the sandbox")
     p.set_defaults(func=run_tasks)
     sub = p.add_subparsers(dest="eval_command", metavar="{ppl,bleu,rouge,contamination}")
 
