@@ -344,3 +344,13 @@ def test_hf_fast_path_stops_at_stop_strings(tokenizer):
     assert out == free[: free.index(stop)]
     assert calls[0]["stop_strings"] == [stop] and calls[0]["tokenizer"] is tokenizer
     assert calls[0]["n_new"] < 40  # generation ended at the stop string, not at max_tokens
+
+
+def test_tiny_model_is_seeded_without_touching_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = tiny_hf_model("gpt2", vocab_size=32, n_positions=16, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+    b = tiny_hf_model("gpt2", vocab_size=32, n_positions=16, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

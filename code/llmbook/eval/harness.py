@@ -101,7 +101,8 @@ def sample_fewshot(task: Task, docs: list[dict], pool: list[dict], k: int, rng: 
     return out
 
 
-def _mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
+def mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
+    """The (context, continuation) pairs scored for one multiple-choice item, one per choice."""
     choices = task.doc_to_choices(doc)
     if task.doc_to_contexts:  # WinoGrande: the choice changes the context, the continuation is shared (zero-shot)
         return [(c, task.target_delimiter + choices[i]) for i, c in enumerate(task.doc_to_contexts(doc))]
@@ -130,7 +131,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
     items: list[dict] = []
 
     if task.kind == "multiple_choice":
-        reqs = [_mc_requests(task, c, d) for c, d in zip(contexts, docs)]
+        reqs = [mc_requests(task, c, d) for c, d in zip(contexts, docs)]
         flat = model.loglikelihood([r for rs in reqs for r in rs])
         pos = 0
         for doc, rs in zip(docs, reqs):
