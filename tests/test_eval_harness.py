@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from llmbook.eval import harness, perplexity
 from llmbook.eval.models import HFCausalLM
+from llmbook.eval.sandbox import isolation_available
 from llmbook.eval.tasks import TASKS, extract_gsm8k_answer, get_task
 from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
 
@@ -228,6 +229,7 @@ def test_generation_tasks_run_end_to_end(data_dir, tokenizer):
     stub = StubLM({p0["prompt"]: [p0["canonical_solution"]], p1["prompt"]: [p1["canonical_solution"]] * 3 + [wrong] * 7})
     h = harness.evaluate_task(stub, he, data_dir, limit=2, n_samples=10, temperature=0.8, bootstrap_iters=20)
     assert [sum(it["passed"]) for it in h["items"]] == [10, 3]
+    assert h["isolation"] == ("namespaces" if isolation_available() else "guard")
     assert h["metrics"]["pass@1"]["value"] == pytest.approx((1.0 + 0.3) / 2)
     assert h["metrics"]["pass@10"]["value"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="needs temperature > 0"):

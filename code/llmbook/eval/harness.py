@@ -129,6 +129,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
     contexts = [build_context(task, d, s) for d, s in zip(docs, shots)]
     per_item: dict[str, list[float]] = {}
     items: list[dict] = []
+    extra: dict[str, str] = {}
 
     if task.kind == "multiple_choice":
         reqs = [mc_requests(task, c, d) for c, d in zip(contexts, docs)]
@@ -175,6 +176,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
             if k <= n_samples:
                 per_item[f"pass@{k}"] = [estimate_pass_at_k([o], k) for o in outcomes]
         items = [{"line": d["_line"], "completions": c, "passed": o} for d, c, o in zip(docs, completions, outcomes)]
+        extra["isolation"] = ",".join(sorted({r.isolation for r in results}))  # 'namespaces' or 'guard'
         chance = 0.0
     else:
         raise ValueError(f"task {task.name!r}: unknown kind {task.kind!r}")
@@ -185,7 +187,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
         lo, hi = bootstrap_ci(lls, lambda v: math.exp(-v.mean()), bootstrap_iters, seed=seed)
         metrics["perplexity"] = {"value": math.exp(-float(np.mean(lls))), "stderr": math.nan, "ci_low": lo, "ci_high": hi}
     return {"task": task.name, "n": len(docs), "num_fewshot": num_fewshot, "chance": chance,
-            "metrics": metrics, "items": items}
+            "metrics": metrics, **extra, "items": items}
 
 
 def evaluate(model: CausalLM, tasks: Sequence[str], data_dir: str | Path, **kwargs) -> dict[str, dict]:
