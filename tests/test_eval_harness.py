@@ -165,6 +165,14 @@ def test_gsm8k_answer_extraction():
     assert extract_gsm8k_answer("The answer is 1,234 dollars.") == (None, "1234")
     assert extract_gsm8k_answer("no digits") == (None, None)
     assert get_task("gsm8k").doc_to_target({"answer": "blah\n#### 1,000"}) == "1000"
+    from llmbook.eval.tasks import normalize_number
+
+    assert normalize_number(" $1,000. ") == "1000" and normalize_number("3..") == "3."  # one period, as lm-eval
+
+
+def test_mmlu_prompt_keeps_choices_verbatim():
+    doc = {"question": " What? ", "choice0": " a", "choice1": "b ", "choice2": "c", "choice3": "d", "answer": 0}
+    assert get_task("mmlu").doc_to_text(doc) == "What?\nA.  a\nB. b \nC. c\nD. d\nAnswer:"
 
 
 class StubLM:
