@@ -9,7 +9,6 @@ import resource
 import socket
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,14 @@ needs_isolation = pytest.mark.xfail(not ISOLATED, strict=True, reason="no OS iso
 
 
 def _bounded(fn, timeout_s: float = 60.0):
-    """Run fn in a thread and fail (instead of hanging the suite) if it does not return in time."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn).result(timeout=timeout_s)
+    """Run fn in a daemon thread and fail (instead of hanging the suite) if it does not return in time."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        pytest.fail(f"sandbox run did not return within {timeout_s} s")
+    return out[0]
 
 
 def _listening_server():
