@@ -128,6 +128,13 @@ def test_forked_setsid_child_neither_hangs_the_run_nor_survives_it():
             os.kill(pid, 9)
 
 
+@needs_isolation
+def test_disk_use_in_the_work_dir_is_capped():
+    src = "for i in range(8):\n    open(f'f{i}', 'wb').write(b'0' * (1024 * 1024))\n"  # 8 MB in 1 MB files
+    assert run_program(src, Limits(file_size_mb=2, disk_mb=4)).status == "failed"  # ENOSPC past 4 MB
+    assert run_program(src, Limits(file_size_mb=2, disk_mb=16)).passed
+
+
 def test_huge_output_is_bounded_without_buffering_it():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     src = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(300):\n    sys.stdout.write(chunk)\n"

@@ -3,7 +3,7 @@
 Two layers. The OS layer (used when `unshare` works here, see `isolation_available`): the child runs in
 new user, network, PID and mount namespaces: no network interface but a downed loopback, no view of (or
 signals to) processes outside, every process it starts dies with the namespace's init, and every mount is
-remounted read-only except the fresh temp working directory. The Python layer, always installed: `python -I`,
+remounted read-only except the working directory, a fresh tmpfs capped at `Limits.disk_mb`. The Python layer, always installed: `python -I`,
 a clean environment, rlimits on CPU time, address space, file size and process count (the process count
 does not bind root), and a guard that patches sockets, process creation and file writes outside the temp
 dir. Alone (the fallback, with a loud warning) the guard is a seatbelt, not a jail: ordinary code respects
@@ -119,9 +119,11 @@ class Limits:
     file_size_mb: int = 16
     max_processes: int = 32
     max_output_bytes: int = 64_000
+    disk_mb: int = 64  # size of the work dir (a tmpfs) under namespace isolation; unbounded in the fallback
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes"):
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes",
+                     "disk_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)}")
 
@@ -141,10 +143,10 @@ class ExecResult:
         return self.status == "passed"
 
 
-# Runs as the namespace's init: makes the work dir its own mount, every other mount read-only, then execs.
+# Runs inside the namespaces: a size-capped tmpfs becomes the work dir, every other mount read-only, then exec.
 _NAMESPACE_SH = r"""
-work="$1"; shift
-mount --bind "$work" "$work" && cd "$work" || exit 97
+work="$1"; disk_mb="$2"; shift 2
+mount -t tmpfs -o size="${disk_mb}m",mode=700 tmpfs "$work" && cd "$work" || exit 97
 while read -r _dev target _rest; do
   case "$target" in "$work"|/proc|/proc/*) continue ;; esac
   mount -o remount,bind,ro "$target" 2>/dev/null
@@ -156,8 +158,8 @@ UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "
            "--kill-child"]
 
 
-def _command(workdir: Path, isolated: bool, argv: list[str]) -> list[str]:
-    return [*UNSHARE, "/bin/sh", "-c", _NAMESPACE_SH, "sandbox", str(workdir), *argv] if isolated else argv
+def _command(workdir: Path, isolated: bool, argv: list[str], disk_mb: int = 64) -> list[str]:
+    return [*UNSHARE, "/bin/sh", "-c", _NAMESPACE_SH, "sandbox", str(workdir), str(disk_mb), *argv] if isolated else argv
 
 
 @functools.cache
@@ -170,7 +172,7 @@ def isolation_available() -> bool:
         proc = subprocess.run(_command(workdir, True, [sys.executable, "-I", "-c", "open('ok', 'w').close()"]),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               timeout=10, env=_env(workdir))
-        return proc.returncode == 0 and (workdir / "ok").exists()
+        return proc.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
     finally:
@@ -208,12 +210,12 @@ def run_program(source: str, limits: Limits = Limits(), isolation: str = "auto")
     workdir.mkdir()
     try:
         (base / "guard.py").write_text(GUARD, encoding="utf-8")
-        (workdir / "program.py").write_text(source, encoding="utf-8")
-        argv = [sys.executable, "-I", "-B", str(base / "guard.py"), str(workdir), str(workdir / "program.py"),
+        (base / "program.py").write_text(source, encoding="utf-8")
+        argv = [sys.executable, "-I", "-B", str(base / "guard.py"), str(workdir), str(base / "program.py"),
                 str(limits.cpu_s), str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes)]
         # Output goes to files outside the work dir (capped by RLIMIT_FSIZE), never to pipes a child could hold.
         with (base / "stdout").open("wb") as out, (base / "stderr").open("wb") as err:
-            proc = subprocess.Popen(_command(workdir, isolated, argv), cwd=workdir, env=_env(workdir),
+            proc = subprocess.Popen(_command(workdir, isolated, argv, limits.disk_mb), cwd=workdir, env=_env(workdir),
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             try:
                 proc.wait(timeout=limits.timeout_s)
