@@ -20,11 +20,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def record(name: str, figures: dict, settings: dict, packages: list[str], out_dir: str = "bench/results") -> dict:
-    """Print one JSON record and write it to bench/results/<name>-cpu.json."""
+def record(name: str, figures: dict, settings: dict, packages: list[str], out_dir: str = "bench/results",
+           device: str = "cpu") -> dict:
+    """Print one JSON record and write it to bench/results/<name>-<device>.json."""
     rec = {
         "name": name,
-        "device": "cpu",
+        "device": device,
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in packages},
@@ -34,5 +35,5 @@ def record(name: str, figures: dict, settings: dict, packages: list[str], out_di
         **figures,
     }
     print(json.dumps(rec))
-    write_json(Path(out_dir) / f"{name}-cpu.json", rec)
+    write_json(Path(out_dir) / f"{name}-{device}.json", rec)
     return rec

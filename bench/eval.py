@@ -3,27 +3,27 @@
 Prints one JSON record and writes bench/results/eval-<device>.json. The peer is the straightforward loop
 (one unpadded forward pass per (context, choice) request); the harness sorts requests by length and scores
 them in right-padded batches. Both must produce the same log-likelihoods (checked here, max abs difference
-reported). With --full on a GPU it also times the whole local HellaSwag validation sample for a 124M GPT-2
-shaped model (randomly initialised: the time, not the accuracy, is the point).
+reported). With --full on a GPU it also times every item of the local HellaSwag validation sample (not the
+full 10,042-item split) for a 124M GPT-2 shaped model with GPT-2's 50,257-token vocabulary (randomly
+initialised: the time, not the accuracy, is the point).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
-import subprocess
-import tempfile
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from llmbook.eval.harness import _mc_requests, build_context
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import record  # noqa: E402
+
+from llmbook.eval.harness import build_context, mc_requests
 from llmbook.eval.models import HFCausalLM
 from llmbook.eval.tasks import get_task
 from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
@@ -33,13 +33,6 @@ def device_name(device: str) -> str:
     if device == "cuda":
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
     return "cpu"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def naive_loglikelihood(lm: HFCausalLM, requests: list[tuple[str, str]]) -> list[float]:
@@ -68,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each scorer; the best is kept")
-    ap.add_argument("--full", action="store_true", help="also time all local HellaSwag items with a 124M model (GPU)")
+    ap.add_argument("--full", action="store_true",
+                    help="also time every item of the local HellaSwag sample with a 124M model (GPU)")
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     model = tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=256, n_embd=args.n_embd,
                           n_layer=args.n_layer, n_head=max(1, args.n_embd // 64))
     lm = HFCausalLM(model, tok, batch_size=args.batch_size, device=device)
-    reqs = [r for d in docs[: args.items] for r in _mc_requests(task, build_context(task, d, []), d)]
+    reqs = [r for d in docs[: args.items] for r in mc_requests(task, build_context(task, d, []), d)]
 
     naive_loglikelihood(lm, reqs[:8]); lm.loglikelihood(reqs[:8])  # noqa: E702  warm-up
     t_naive = t_batched = float("inf")
@@ -95,37 +89,29 @@ def main(argv: list[str] | None = None) -> int:
         got = [ll for ll, _ in lm.loglikelihood(reqs)]
         sync(device)
         t_batched = min(t_batched, time.perf_counter() - t0)
-    record = {
-        "bench": "eval-mc-scoring", "device": device_name(device), "task": "hellaswag", "items": args.items,
-        "requests": len(reqs), "batch_size": args.batch_size, "repeats": args.repeats,
+    figures = {
+        "task": "hellaswag", "items": args.items, "requests": len(reqs),
         "model": {"kind": "gpt2 (random init)", "n_embd": args.n_embd, "n_layer": args.n_layer,
                   "params": sum(p.numel() for p in model.parameters())},
         "items_per_s": {"batched": args.items / t_batched, "one_at_a_time": args.items / t_naive},
         "speedup_vs_one_at_a_time": t_naive / t_batched,
         "max_abs_loglik_diff": max(abs(a - b) for a, b in zip(ref, got)),
+        "cpu_threads": torch.get_num_threads(),
     }
     if args.full and device == "cuda":
-        big = tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+        big = tiny_hf_model("gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
         big_lm = HFCausalLM(big.to(torch.bfloat16), tok, batch_size=64, device=device)
-        all_reqs = [r for d in docs for r in _mc_requests(task, build_context(task, d, []), d)]
+        all_reqs = [r for d in docs for r in mc_requests(task, build_context(task, d, []), d)]
         big_lm.loglikelihood(all_reqs[:64])
         sync(device)
         t0 = time.perf_counter()
         big_lm.loglikelihood(all_reqs)
         sync(device)
-        record["full_hellaswag_124m"] = {"items": len(docs), "seconds": time.perf_counter() - t0, "dtype": "bf16"}
-    record.update(machine=platform.processor() or platform.machine(), cpu_threads=torch.get_num_threads(),
-                  versions={"python": platform.python_version(), "torch": torch.__version__},
-                  commit=git_commit(), date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    out = Path(args.out_dir) / f"eval-{record['device']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    print(json.dumps(record))
+        figures[f"hellaswag_sample_{len(docs)}_items_124m"] = {
+            "items": len(docs), "seconds": time.perf_counter() - t0, "dtype": "bf16",
+            "params": sum(p.numel() for p in big.parameters())}
+    record("eval", figures, {"batch_size": args.batch_size, "repeats": args.repeats, "full": args.full},
+           ["torch", "transformers"], args.out_dir, device=device_name(device))
     return 0
 
 

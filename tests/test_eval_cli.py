@@ -52,11 +52,15 @@ def test_eval_bleu_and_rouge_files(data_dir, tmp_path, capsys):
     hyp.write_text("\n".join(" ".join(s.split()[:-2]) for s in eng) + "\n")
     ref = tmp_path / "ref.txt"
     ref.write_text("\n".join(eng) + "\n")
-    assert main(["eval", "bleu", "--hyp", str(hyp), "--ref", str(ref), "--ref", str(ref), "--json"]) == 0
+    eng2 = [" ".join(s.split()[1:]) for s in eng]  # a second, different reference stream
+    ref2 = tmp_path / "ref2.txt"
+    ref2.write_text("\n".join(eng2) + "\n")
+    assert main(["eval", "bleu", "--hyp", str(hyp), "--ref", str(ref), "--ref", str(ref2), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     hyps = hyp.read_text().splitlines()
-    assert out["bleu"] == pytest.approx(corpus_bleu(hyps, [eng, eng]).score)
-    assert out["chrf"] == pytest.approx(corpus_chrf(hyps, [eng, eng]))
+    assert out["bleu"] == pytest.approx(corpus_bleu(hyps, [eng, eng2]).score)
+    assert out["bleu"] != pytest.approx(corpus_bleu(hyps, [eng]).score)  # the second reference counts
+    assert out["chrf"] == pytest.approx(corpus_chrf(hyps, [eng, eng2]))
     assert main(["eval", "rouge", "--hyp", str(hyp), "--ref", str(ref), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(r) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
@@ -73,6 +77,16 @@ def test_eval_contamination(data_dir, tmp_path, capsys):
                  "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)["gsm8k"]
     assert rep["contaminated"] == [0, 1] and rep["n_items"] == 200
+
+
+def test_eval_contamination_sees_ngrams_across_line_breaks(data_dir, tmp_path, capsys):
+    q = json.loads((data_dir / "gsm8k" / "test_dev.jsonl").open().readline())["question"].split()
+    wrapped = "\n".join(" ".join(q[i : i + 5]) for i in range(0, len(q), 5))  # hard-wrapped at 5 words a line
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("unrelated text\n\n" + wrapped + "\n\nanother document\n")
+    assert main(["eval", "contamination", "--train", str(corpus), "--tasks", "gsm8k", "--data-dir", str(data_dir),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gsm8k"]["contaminated"] == [0]
 
 
 def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
@@ -92,3 +106,13 @@ def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
     assert "task 'boolq'" in err and "boolq_val_dev.jsonl:1" in err
     assert main(["eval", "--model", str(tmp_path), "--tasks", "piqa", "--data-dir", str(data_dir)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys):
+    # refused before any model is loaded (the model path does not even exist)
+    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "arc_easy,humaneval", "--data-dir",
+                 str(data_dir)]) == 2
+    assert "humaneval execute model-generated code; pass --allow-code-execution" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "humaneval", "--data-dir", str(data_dir),
+                 "--allow-code-execution"]) == 2
+    assert "no config.json" in capsys.readouterr().err  # opted in: it got as far as loading the model

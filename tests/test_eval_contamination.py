@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmbook.eval.contamination import ContaminationIndex, drop_contaminated, normalize_words
+from llmbook.eval.contamination import ContaminationIndex, drop_contaminated, normalize_words, read_documents
 
 
 def _gsm8k(data_dir, name, limit=None):
@@ -44,6 +44,21 @@ def test_gsm8k_train_vs_test_is_clean_at_13_grams(data_dir):
     test_q = _gsm8k(data_dir, "test_dev.jsonl", 100)
     rep = ContaminationIndex({"gsm8k": test_q}).scan(_gsm8k(data_dir, "train.jsonl", 2000)).report()["gsm8k"]
     assert rep.fraction < 0.05
+
+
+def test_non_ascii_items_are_scored_and_wordless_items_unscorable(data_dir):
+    zho = (data_dir / "flores200" / "zho_Hans.dev").read_text(encoding="utf-8").splitlines()[:20]
+    rus = "Москва является столицей России и крупнейшим городом страны по численности населения и площади территории"
+    items = zho + [rus, "", "?!"]
+    docs = [f"转载：{zho[4]} 谢谢", "ПРОСТО ТЕКСТ. " + rus.upper(), "nothing to see"]
+    rep = ContaminationIndex({"t": items}, n=13).scan(docs).report()["t"]
+    assert rep.contaminated == [4, 20]
+    assert rep.unscorable == [21, 22] and rep.to_dict()["n_unscorable"] == 2
+    assert normalize_words("Straße ＡＢＣ 北京") == ["strasse", "abc", "北", "京"]  # NFKC + casefold, CJK per character
+
+
+def test_read_documents_joins_lines_until_a_blank_line():
+    assert list(read_documents(["a b\n", "c\n", "\n", "\n", "d\n"])) == ["a b\nc\n", "d\n"]
 
 
 def test_validation_errors():

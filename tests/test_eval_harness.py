@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from llmbook.eval import harness, perplexity
 from llmbook.eval.models import HFCausalLM
+from llmbook.eval.sandbox import isolation_available
 from llmbook.eval.tasks import TASKS, extract_gsm8k_answer, get_task
 from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
 
@@ -154,7 +155,7 @@ def test_fewshot_context_and_determinism(data_dir):
     mmlu = get_task("mmlu")
     mdocs = mmlu.load(data_dir)
     shots = harness.sample_fewshot(mmlu, mdocs[:2], mdocs, 4, random.Random(0), same_split=True)
-    assert all(s["subject"] == mdocs[0]["subject"] and s is not mdocs[0] for s in shots[0])
+    assert all(s["subject"] == mdocs[0]["subject"] and s["_line"] != mdocs[0]["_line"] for s in shots[0])
     assert harness.build_context(mmlu, mdocs[0], []).startswith(
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n")
 
@@ -164,14 +165,83 @@ def test_gsm8k_answer_extraction():
     assert extract_gsm8k_answer("The answer is 1,234 dollars.") == (None, "1234")
     assert extract_gsm8k_answer("no digits") == (None, None)
     assert get_task("gsm8k").doc_to_target({"answer": "blah\n#### 1,000"}) == "1000"
+    from llmbook.eval.tasks import normalize_number
+
+    assert normalize_number(" $1,000. ") == "1000" and normalize_number("3..") == "3."  # one period, as lm-eval
+
+
+def test_mmlu_prompt_keeps_choices_verbatim():
+    doc = {"question": " What? ", "choice0": " a", "choice1": "b ", "choice2": "c", "choice3": "d", "answer": 0}
+    assert get_task("mmlu").doc_to_text(doc) == "What?\nA.  a\nB. b \nC. c\nD. d\nAnswer:"
+
+
+class StubLM:
+    """A deterministic model: scores a continuation by its length, generates from a prompt -> answers table."""
+
+    def __init__(self, answers: dict[str, list[str]] | None = None):
+        self.answers, self.contexts, self.calls = answers or {}, [], {}
+
+    def loglikelihood(self, requests):
+        self.contexts.extend(c for c, _ in requests)
+        return [(-float(len(cont)), False) for _, cont in requests]
+
+    def generate(self, prompt, stop=(), max_tokens=256, temperature=0.0, generator=None):
+        i = self.calls[prompt] = self.calls.get(prompt, -1) + 1
+        outs = self.answers[prompt]
+        return outs[i % len(outs)]
+
+
+def test_fewshot_prompts_never_contain_their_own_item(data_dir):
+    mmlu = get_task("mmlu")
+    docs = mmlu.load(data_dir)
+    for k, limit in ((4, 40), (3, None)):  # the first 40 items are subjects without duplicated questions
+        lm = StubLM()
+        res = harness.evaluate_task(lm, mmlu, data_dir, num_fewshot=k, limit=limit, bootstrap_iters=10)
+        contexts = lm.contexts[::4]  # four choices per item share one context
+        assert len(contexts) == res["n"] == len(docs[:limit])
+        for doc, ctx in zip(docs, contexts):
+            shots = ctx[: ctx.rindex(mmlu.doc_to_text(doc))]
+            assert doc["question"].strip() not in shots, doc["_line"]
+            assert shots.count("\nAnswer:") == k
+    # college_physics repeats one question on two lines: excluding both leaves 3 examples for those items
+    with pytest.raises(ValueError, match=r"4-shot needs 4 examples of subject 'college_physics', the pool has only 3"):
+        harness.evaluate_task(StubLM(), mmlu, data_dir, num_fewshot=4, bootstrap_iters=10)
+    with pytest.raises(ValueError, match=r"5-shot needs 5 examples of subject .*after excluding the item itself"):
+        harness.evaluate_task(StubLM(), mmlu, data_dir, num_fewshot=5, bootstrap_iters=10)
+
+
+def test_limit_zero_and_empty_choices(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
+        harness.evaluate_task(StubLM(), "arc_easy", data_dir, limit=0)
+    (tmp_path / "arc").mkdir()
+    doc = {"question": {"stem": "Pick one.", "choices": [{"text": "", "label": "A"}, {"text": "yes", "label": "B"}]},
+           "answerKey": "A"}
+    (tmp_path / "arc" / "ARC-Easy-Dev.jsonl").write_text(json.dumps(doc) + "\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero on the empty choice
+        res = harness.evaluate_task(StubLM(), "arc_easy", tmp_path, bootstrap_iters=10)
+    # lengths: " " (ll -1, norm -1/1) vs " yes" (ll -4, norm -4/3): the empty choice wins both ways
+    assert res["items"][0]["acc"] == 1.0 and res["items"][0]["acc_norm"] == 1.0
 
 
 def test_generation_tasks_run_end_to_end(data_dir, tokenizer):
     lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=256), tokenizer)
     g = harness.evaluate_task(lm, "gsm8k", data_dir, limit=2, bootstrap_iters=20)
     assert set(g["metrics"]) == {"exact_match_strict", "exact_match_flexible"} and g["n"] == 2
-    h = harness.evaluate_task(lm, "humaneval", data_dir, limit=2, n_samples=2, temperature=1.0, bootstrap_iters=20)
-    assert h["metrics"]["pass@1"]["value"] == 0.0 and len(h["items"][0]["completions"]) == 2
+    # pass@k exactly, from a model whose samples are known: problem 0 always right, problem 1 right 3 times in 10
+    he = get_task("humaneval")
+    p0, p1 = he.load(data_dir)[:2]
+    wrong = "    return None\n"
+    stub = StubLM({p0["prompt"]: [p0["canonical_solution"]], p1["prompt"]: [p1["canonical_solution"]] * 3 + [wrong] * 7})
+    h = harness.evaluate_task(stub, he, data_dir, limit=2, n_samples=10, temperature=0.8, bootstrap_iters=20)
+    assert [sum(it["passed"]) for it in h["items"]] == [10, 3]
+    assert h["isolation"] == ("namespaces" if isolation_available() else "guard")
+    assert h["metrics"]["pass@1"]["value"] == pytest.approx((1.0 + 0.3) / 2)
+    assert h["metrics"]["pass@10"]["value"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="needs temperature > 0"):
+        harness.evaluate_task(stub, he, data_dir, limit=1, n_samples=2, temperature=0.0)
 
 
 def test_intervals_and_stderr():
@@ -244,3 +314,53 @@ def test_requests_with_the_same_input_share_one_forward_pass(hf):
     assert len(calls) == 1  # one forward pass serves all four single-token continuations
     for (c, x), (ll, _) in zip(single, scores):
         assert ll == pytest.approx(reference_loglikelihood(model, tok, c, x)[0], abs=1e-4)
+
+
+def test_generation_keeps_room_for_the_answer_and_warns(tokenizer, data_dir):
+    lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=64, seed=3), tokenizer)
+    seen = {}
+    orig = lm.greedy_ids
+
+    def spy(ids, max_tokens, stop=()):
+        seen.update(n_prompt=len(ids), max_tokens=max_tokens)
+        return orig(ids, max_tokens, stop)
+
+    lm.greedy_ids = spy
+    prompt = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:2000]
+    assert len(lm.encode(prompt)) > 64
+    with pytest.warns(RuntimeWarning, match="cut to its last 54 to leave room for 10 new tokens"):
+        lm.generate(prompt, max_tokens=10)
+    assert seen == {"n_prompt": 54, "max_tokens": 10}
+    with pytest.warns(RuntimeWarning, match="cut to its last 1 "):  # at least one prompt token survives
+        lm.generate(prompt, max_tokens=500)
+    assert seen == {"n_prompt": 1, "max_tokens": 63}
+
+
+def test_hf_fast_path_stops_at_stop_strings(tokenizer):
+    lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=256, seed=3), tokenizer)
+    free = lm.generate("Once upon a time", max_tokens=40)
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    assert len(stop) == 3 and stop in free
+    calls = []
+    orig = lm.model.generate
+
+    def spy(ids, **kwargs):
+        out = orig(ids, **kwargs)
+        calls.append({**kwargs, "n_new": out.shape[1] - ids.shape[1]})
+        return out
+
+    lm.model.generate = spy
+    out = lm.generate("Once upon a time", stop=[stop], max_tokens=40)
+    assert out == free[: free.index(stop)]
+    assert calls[0]["stop_strings"] == [stop] and calls[0]["tokenizer"] is tokenizer
+    assert calls[0]["n_new"] < 40  # generation ended at the stop string, not at max_tokens
+
+
+def test_tiny_model_is_seeded_without_touching_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = tiny_hf_model("gpt2", vocab_size=32, n_positions=16, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+    b = tiny_hf_model("gpt2", vocab_size=32, n_positions=16, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

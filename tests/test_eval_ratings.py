@@ -56,8 +56,33 @@ def test_bradley_terry_recovers_true_gaps_and_bootstrap_covers():
 
 def test_bradley_terry_finite_for_undefeated_player():
     comps = [R.Comparison("a", "b", "a")] * 10 + [R.Comparison("b", "c", "a"), R.Comparison("c", "b", "a")]
-    fit = R.bradley_terry(comps)
-    assert all(math.isfinite(v) for v in fit.values()) and fit["a"] > fit["b"]
+    assert R.unbounded_players(comps) == {"a": "above"}
+    with pytest.warns(RuntimeWarning, match=r"no finite maximum-likelihood rating for a \(unbounded above\)"):
+        fit = R.bradley_terry(comps)
+    assert all(math.isfinite(v) for v in fit.values())
+    assert fit["b"] == pytest.approx(fit["c"], abs=0.01)  # b and c split their games: (nearly) equal
+    # a's lead over b is set by the prior alone: finite, huge, and shrinking as the prior tightens
+    gaps = []
+    for l2 in (1e-6, 1e-2, 1.0):
+        with pytest.warns(RuntimeWarning, match="unbounded above"):
+            f = R.bradley_terry(comps, l2=l2)
+        gaps.append(f["a"] - f["b"])
+    assert gaps[0] > gaps[1] > gaps[2] > 0 and gaps[0] > 1000
+    with pytest.warns(RuntimeWarning, match="did not converge in 2 Newton steps"):
+        R.bradley_terry(_simulate(TRUE, 400), max_iter=2)
+
+
+def test_bradley_terry_needs_a_connected_graph_and_bootstrap_counts_resamples():
+    comps = [R.Comparison("a", "b", "a"), R.Comparison("b", "a", "a"), R.Comparison("c", "d", "a"),
+             R.Comparison("d", "c", "a")]
+    with pytest.raises(ValueError, match=r"groups never met: a, b \| c, d"):
+        R.bradley_terry(comps)
+    sparse = comps + [R.Comparison("b", "c", "a"), R.Comparison("c", "b", "a")]
+    ci = R.bootstrap_ratings(sparse, "bt", n_boot=100, seed=0)
+    # resamples that lose both b-c games are disconnected and skipped (or miss a player), and the count says so
+    assert all(0 < iv.n_resamples < 100 for iv in ci.values())
+    elo_ci = R.bootstrap_ratings(sparse, "elo", n_boot=30, seed=0)
+    assert all(iv.n_resamples <= 30 for iv in elo_ci.values())
 
 
 def test_elo_update_rule_and_order_dependence():

@@ -68,8 +68,10 @@ def run_tasks(args: argparse.Namespace) -> int:
     if not args.model or not args.tasks:
         raise CLIError("llmbook eval needs --model and --tasks (or a subcommand: ppl, bleu, rouge, contamination)")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for name in names:
-        get_task(name)  # unknown task names fail before the model loads
+    code = [name for name in names if get_task(name).kind == "code"]  # unknown names fail before the model loads
+    if code and not args.allow_code_execution:
+        raise CLIError(f"task(s) {', '.join(code)} execute model-generated code; pass --allow-code-execution to "
+                       "run it in the sandbox (namespaces where available, else only a Python guard)")
     data_dir = _data_dir(args.data_dir)
     model = load_model(args.model, args.batch_size, args.device, args.max_length)
     results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
@@ -122,7 +124,7 @@ def run_rouge(args: argparse.Namespace) -> int:
 
 
 def run_contamination(args: argparse.Namespace) -> int:
-    from llmbook.eval.contamination import ContaminationIndex
+    from llmbook.eval.contamination import ContaminationIndex, read_documents
     from llmbook.eval.harness import item_text
     from llmbook.eval.tasks import get_task
 
@@ -133,7 +135,7 @@ def run_contamination(args: argparse.Namespace) -> int:
     if not corpus.is_file():
         raise FileNotFoundError(f"training corpus {corpus} not found")
     with corpus.open(encoding="utf-8") as f:
-        report = ContaminationIndex(items, n=args.n).scan(f).report()
+        report = ContaminationIndex(items, n=args.n).scan(read_documents(f)).report()
     out = {name: r.to_dict() for name, r in report.items()}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -162,6 +164,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and bootstrap seed")
     p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--output", help="also write full per-item results JSON here (atomically)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required for humaneval/mbpp: run model-generated code in the sandbox")
     p.set_defaults(func=run_tasks)
     sub = p.add_subparsers(dest="eval_command", metavar="{ppl,bleu,rouge,contamination}")
 
@@ -189,7 +193,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_rouge)
 
     c = sub.add_parser("contamination", help="n-gram overlap between a training corpus and benchmark items")
-    c.add_argument("--train", required=True, help="training corpus, UTF-8 text (scanned line by line)")
+    c.add_argument("--train", required=True, help="training corpus, UTF-8 text (documents separated by blank lines)")
     c.add_argument("--tasks", required=True, help="comma-separated task names")
     c.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
     c.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-_WORD = re.compile(r"[a-z0-9]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # scripts written without spaces
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 
 
 def normalize_words(text: str) -> list[str]:
-    """Lower-case and keep alphanumeric runs, so punctuation and spacing differences do not hide overlap."""
-    return _WORD.findall(text.lower())
+    """NFKC, case-fold and keep word runs (any script; one CJK character per word), so punctuation,
+    case and spacing differences do not hide overlap."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+def read_documents(lines: Iterable[str]) -> Iterator[str]:
+    """Stream blank-line-separated documents from lines, so n-grams that cross line breaks are still seen."""
+    buf: list[str] = []
+    for line in lines:
+        if line.strip():
+            buf.append(line)
+        elif buf:
+            yield "".join(buf)
+            buf = []
+    if buf:
+        yield "".join(buf)
 
 
 def ngrams(words: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
@@ -29,6 +45,7 @@ class TaskReport:
     n_items: int
     contaminated: list[int] = field(default_factory=list)
     overlap: dict[int, float] = field(default_factory=dict)
+    unscorable: list[int] = field(default_factory=list)  # no words at all (or short and skipped): not "clean"
 
     @property
     def fraction(self) -> float:
@@ -36,7 +53,8 @@ class TaskReport:
 
     def to_dict(self) -> dict:
         return {"task": self.task, "n_items": self.n_items, "n_contaminated": len(self.contaminated),
-                "fraction": self.fraction, "contaminated": self.contaminated}
+                "fraction": self.fraction, "contaminated": self.contaminated,
+                "n_unscorable": len(self.unscorable), "unscorable": self.unscorable}
 
 
 class ContaminationIndex:
@@ -89,6 +107,9 @@ class ContaminationIndex:
         for name, items in self.tasks.items():
             rep = TaskReport(name, len(items))
             for i in range(len(items)):
+                if (name, i) not in self._total:
+                    rep.unscorable.append(i)
+                    continue
                 hits = len(self._hits.get((name, i), ()))
                 if hits:
                     rep.overlap[i] = hits / self._total[(name, i)]

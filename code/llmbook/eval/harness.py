@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from llmbook.data._io import atomic_write
 from llmbook.eval.models import CausalLM
 from llmbook.eval.sandbox import Limits, estimate_pass_at_k, humaneval_program, mbpp_program, run_many
 from llmbook.eval.tasks import Task, extract_gsm8k_answer, get_task
@@ -81,21 +80,29 @@ def item_text(task: Task, doc: dict) -> str:
 
 def sample_fewshot(task: Task, docs: list[dict], pool: list[dict], k: int, rng: random.Random,
                    same_split: bool) -> list[list[dict]]:
-    """k examples per item from the pool (never the item itself; MMLU draws from the same subject)."""
+    """k examples per item from the pool (never the item itself; MMLU draws from the same subject).
+
+    With `same_split` the pool is the evaluated file itself: the item is excluded by its source line, and so
+    are exact duplicates of its prompt on other lines (MMLU's dev split repeats a college_physics question).
+    """
     out = []
     for doc in docs:
         candidates = pool
         if task.name == "mmlu":
             candidates = [d for d in pool if d["subject"] == doc["subject"]]
         if same_split:
-            candidates = [d for d in candidates if d is not doc]
+            text = task.doc_to_text(doc)
+            candidates = [d for d in candidates if d["_line"] != doc["_line"] and task.doc_to_text(d) != text]
         if k > len(candidates):
-            raise ValueError(f"task {task.name!r}: {k}-shot needs {k} examples, the pool has {len(candidates)}")
+            where = f" of subject {doc['subject']!r}" if task.name == "mmlu" else ""
+            raise ValueError(f"task {task.name!r}: {k}-shot needs {k} examples{where}, the pool has only "
+                             f"{len(candidates)}" + (" after excluding the item itself" if same_split else ""))
         out.append(rng.sample(candidates, k) if k else [])
     return out
 
 
-def _mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
+def mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
+    """The (context, continuation) pairs scored for one multiple-choice item, one per choice."""
     choices = task.doc_to_choices(doc)
     if task.doc_to_contexts:  # WinoGrande: the choice changes the context, the continuation is shared (zero-shot)
         return [(c, task.target_delimiter + choices[i]) for i, c in enumerate(task.doc_to_contexts(doc))]
@@ -109,23 +116,30 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
     task = get_task(task) if isinstance(task, str) else task
     if task.doc_to_contexts and num_fewshot:
         raise ValueError(f"task {task.name!r}: few-shot prompts are not supported for per-choice contexts")
-    docs = task.load(data_dir)[:limit] if limit else task.load(data_dir)
+    if task.kind == "code" and n_samples > 1 and temperature == 0:
+        raise ValueError(f"task {task.name!r}: pass@k with n_samples={n_samples} needs temperature > 0 "
+                         "(greedy samples are identical, not independent)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    all_docs = task.load(data_dir)
+    docs = all_docs[:limit] if limit is not None else all_docs
     rng = random.Random(seed)
-    pool = task.load(data_dir, fewshot=True) if (num_fewshot and task.fewshot_path) else task.load(data_dir)
+    pool = task.load(data_dir, fewshot=True) if (num_fewshot and task.fewshot_path) else all_docs
     shots = sample_fewshot(task, docs, pool, num_fewshot, rng, same_split=task.fewshot_path is None)
     contexts = [build_context(task, d, s) for d, s in zip(docs, shots)]
     per_item: dict[str, list[float]] = {}
     items: list[dict] = []
+    extra: dict[str, str] = {}
 
     if task.kind == "multiple_choice":
-        reqs = [_mc_requests(task, c, d) for c, d in zip(contexts, docs)]
+        reqs = [mc_requests(task, c, d) for c, d in zip(contexts, docs)]
         flat = model.loglikelihood([r for rs in reqs for r in rs])
         pos = 0
         for doc, rs in zip(docs, reqs):
             lls = [ll for ll, _ in flat[pos : pos + len(rs)]]
             pos += len(rs)
             gold = task.doc_to_target(doc)
-            lens = [float(len(c)) for c in task.doc_to_choices(doc)]
+            lens = [float(max(len(c), 1)) for c in task.doc_to_choices(doc)]
             acc = float(int(np.argmax(lls)) == gold)
             acc_norm = float(int(np.argmax(np.array(lls) / np.array(lens))) == gold)
             per_item.setdefault("acc", []).append(acc)
@@ -162,6 +176,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
             if k <= n_samples:
                 per_item[f"pass@{k}"] = [estimate_pass_at_k([o], k) for o in outcomes]
         items = [{"line": d["_line"], "completions": c, "passed": o} for d, c, o in zip(docs, completions, outcomes)]
+        extra["isolation"] = ",".join(sorted({r.isolation for r in results}))  # 'namespaces' or 'guard'
         chance = 0.0
     else:
         raise ValueError(f"task {task.name!r}: unknown kind {task.kind!r}")
@@ -172,7 +187,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
         lo, hi = bootstrap_ci(lls, lambda v: math.exp(-v.mean()), bootstrap_iters, seed=seed)
         metrics["perplexity"] = {"value": math.exp(-float(np.mean(lls))), "stderr": math.nan, "ci_low": lo, "ci_high": hi}
     return {"task": task.name, "n": len(docs), "num_fewshot": num_fewshot, "chance": chance,
-            "metrics": metrics, "items": items}
+            "metrics": metrics, **extra, "items": items}
 
 
 def evaluate(model: CausalLM, tasks: Sequence[str], data_dir: str | Path, **kwargs) -> dict[str, dict]:
@@ -182,16 +197,5 @@ def evaluate(model: CausalLM, tasks: Sequence[str], data_dir: str | Path, **kwar
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file in the same directory, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=float)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (temp file in the same directory, fsync, rename); numpy scalars become floats."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float))

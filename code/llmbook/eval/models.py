@@ -8,6 +8,7 @@ sampling) until a stop string. Subclasses only say how to tokenize and how to ge
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ class CausalLM:
         with torch.no_grad():
             return self.logits(torch.tensor([ids], device=self.device))[0, -1].float().cpu()
 
-    def greedy_ids(self, ids: list[int], max_tokens: int) -> list[int] | None:
+    def greedy_ids(self, ids: list[int], max_tokens: int, stop: Sequence[str] = ()) -> list[int] | None:
         """Fast greedy continuation (e.g. with a KV cache) if the backend has one, else None."""
         return None
 
@@ -154,11 +155,19 @@ class CausalLM:
 
     def generate(self, prompt: str, stop: Sequence[str] = (), max_tokens: int = 128, temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> str:
-        """Continue `prompt` until a stop string, end-of-text or max_tokens; temperature 0 is greedy decoding."""
-        ids = (self.encode(prompt) or [self.eot_id])[-(self.max_length - 1):]
+        """Continue `prompt` until a stop string, end-of-text or max_tokens; temperature 0 is greedy decoding.
+
+        A prompt longer than max_length - max_tokens keeps its last tokens (with a warning), so the answer fits.
+        """
+        ids = self.encode(prompt) or [self.eot_id]
+        keep = max(1, self.max_length - max_tokens)
+        if len(ids) > keep:
+            warnings.warn(f"prompt of {len(ids)} tokens cut to its last {keep} to leave room for {max_tokens} "
+                          f"new tokens in a {self.max_length}-token window", RuntimeWarning, stacklevel=2)
+            ids = ids[-keep:]
         max_tokens = min(max_tokens, self.max_length - len(ids))
         if temperature == 0:
-            fast = self.greedy_ids(ids, max_tokens)
+            fast = self.greedy_ids(ids, max_tokens, stop)
             if fast is not None:
                 fast = fast[: fast.index(self.eot_id)] if self.eot_id in fast else fast
                 return self._cut(self.decode(fast), stop)
@@ -196,13 +205,19 @@ class HFCausalLM(CausalLM):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids).logits
 
-    def greedy_ids(self, ids: list[int], max_tokens: int) -> list[int]:
+    def greedy_ids(self, ids: list[int], max_tokens: int, stop: Sequence[str] = ()) -> list[int]:
         if max_tokens <= 0:
             return []
+        from transformers import GenerationConfig
+
+        # stop strings end generation early where transformers supports them; generate() also cuts post hoc
+        kw = {"stop_strings": list(stop), "tokenizer": self.tokenizer} if (
+            stop and hasattr(GenerationConfig(), "stop_strings")) else {}
         with torch.no_grad():
             out = self.model.generate(torch.tensor([ids], device=self.device), max_new_tokens=max_tokens,
                                       do_sample=False, eos_token_id=self.eot_id, pad_token_id=self.eot_id,
-                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                                      **kw)
         return out[0, len(ids):].tolist()
 
 
@@ -217,7 +232,7 @@ class LLMBookLM(CausalLM):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)[0]
 
-    def greedy_ids(self, ids: list[int], max_tokens: int) -> list[int]:
+    def greedy_ids(self, ids: list[int], max_tokens: int, stop: Sequence[str] = ()) -> list[int]:
         if max_tokens <= 0:
             return []
         with torch.no_grad():

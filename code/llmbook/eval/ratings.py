@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,23 +47,71 @@ def elo(comparisons: Sequence[Comparison], k: float = 4.0, init: float = INIT) -
     return ratings
 
 
+def _components(players: list[str], edges: Sequence[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of an undirected graph (union-find), each sorted, largest first."""
+    parent = {p: p for p in players}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for p in players:
+        groups.setdefault(root(p), []).append(p)
+    return sorted(groups.values(), key=lambda g: (-len(g), g))
+
+
+def unbounded_players(comparisons: Sequence[Comparison]) -> dict[str, str]:
+    """Players whose maximum-likelihood rating is infinite: 'above' (never lost a point) or 'below' (never won one).
+
+    The BT MLE is finite only if every player both gained and dropped points somewhere (Zermelo/Ford); for them
+    `bradley_terry` reports a rating set by its L2 prior, not by the data.
+    """
+    won: dict[str, bool] = {}
+    lost: dict[str, bool] = {}
+    for c in comparisons:
+        sa = _score_a(c)
+        won[c.a] = won.get(c.a, False) or sa > 0
+        lost[c.a] = lost.get(c.a, False) or sa < 1
+        won[c.b] = won.get(c.b, False) or sa < 1
+        lost[c.b] = lost.get(c.b, False) or sa > 0
+    return {p: "above" if not lost[p] else "below" for p in sorted(won) if not (won[p] and lost[p])}
+
+
 def bradley_terry(
     comparisons: Sequence[Comparison], l2: float = 1e-6, tol: float = 1e-10, max_iter: int = 100
 ) -> dict[str, float]:
     """Bradley-Terry maximum likelihood by Newton's method (ties = half a win each), on the Elo scale.
 
-    P(a beats b) = 1 / (1 + 10^((r_b - r_a)/400)); ratings are centred so their mean is 1000. A tiny L2
-    term keeps the optimum finite when a player won (or lost) every game.
+    P(a beats b) = 1 / (1 + 10^((r_b - r_a)/400)); ratings are centred so their mean is 1000. The comparison
+    graph must be connected (otherwise the groups have no common scale: ValueError naming them). A player who
+    never lost (or never won) has an infinite MLE: the tiny L2 term (a Gaussian prior on natural-log strengths,
+    sd 1/sqrt(l2)) keeps the number finite, a RuntimeWarning names the player, and the rating only says
+    "above (below) everyone it met". Newton steps that have not converged after max_iter also warn.
     """
     players = sorted({p for c in comparisons for p in (c.a, c.b)})
     if len(players) < 2:
         raise ValueError("Bradley-Terry needs comparisons between at least two players")
+    groups = _components(players, [(c.a, c.b) for c in comparisons])
+    if len(groups) > 1:
+        raise ValueError("Bradley-Terry needs a connected comparison graph; these groups never met: "
+                         + " | ".join(", ".join(g) for g in groups))
+    unbounded = unbounded_players(comparisons)
+    if unbounded:
+        warnings.warn("Bradley-Terry: no finite maximum-likelihood rating for "
+                      + ", ".join(f"{p} (unbounded {d})" for p, d in unbounded.items())
+                      + f"; their ratings are set by the l2={l2} prior", RuntimeWarning, stacklevel=2)
     idx = {p: i for i, p in enumerate(players)}
     ia = np.array([idx[c.a] for c in comparisons])
     ib = np.array([idx[c.b] for c in comparisons])
     y = np.array([_score_a(c) for c in comparisons])
     n = len(players)
     beta = np.zeros(n)  # natural-log strengths
+    step = np.full(n, np.inf)
     for _ in range(max_iter):
         p = 1.0 / (1.0 + np.exp(-(beta[ia] - beta[ib])))
         r = y - p
@@ -75,10 +124,14 @@ def bradley_terry(
         np.add.at(hess, (ib, ia), -w)
         hess += l2 * np.eye(n)
         step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        step -= step.mean()  # the common shift is not identified (only differences are): ignore it
         beta += step
         beta -= beta.mean()
         if np.max(np.abs(step)) < tol:
             break
+    else:
+        warnings.warn(f"Bradley-Terry did not converge in {max_iter} Newton steps (last step "
+                      f"{float(np.max(np.abs(step))):.3g} > tol={tol})", RuntimeWarning, stacklevel=2)
     return {p: INIT + SCALE / math.log(BASE) * beta[idx[p]] for p in players}
 
 
@@ -89,17 +142,23 @@ def win_probability(r_a: float, r_b: float) -> float:
 
 @dataclass(frozen=True)
 class RatingInterval:
-    """A rating with its bootstrap percentile interval."""
+    """A rating with its bootstrap percentile interval and the number of resamples the interval rests on."""
 
     rating: float
     low: float
     high: float
+    n_resamples: int
 
 
 def bootstrap_ratings(
     comparisons: Sequence[Comparison], method: str = "bt", n_boot: int = 200, alpha: float = 0.05, seed: int = 0, **kwargs
 ) -> dict[str, RatingInterval]:
-    """Percentile bootstrap over comparisons (resampled with replacement; Elo also sees a fresh order)."""
+    """Percentile bootstrap over comparisons (resampled with replacement; Elo also sees a fresh order).
+
+    A resample whose comparison graph falls apart (possible with sparse data) gives no BT fit and is skipped,
+    as are players absent from a resample; each interval records how many resamples it rests on. Warnings
+    about unbounded players inside resamples are silenced (the point fit still warns).
+    """
     fit = {"bt": bradley_terry, "elo": elo}.get(method)
     if fit is None:
         raise ValueError(f"method={method!r} must be 'bt' or 'elo'")
@@ -108,14 +167,19 @@ def bootstrap_ratings(
     samples: dict[str, list[float]] = {p: [] for p in point}
     for _ in range(n_boot):
         resampled = [comparisons[i] for i in rng.integers(0, len(comparisons), len(comparisons))]
-        ratings = fit(resampled, **kwargs)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ratings = fit(resampled, **kwargs)
+        except ValueError:  # disconnected resample: no common scale
+            continue
         for p in point:
             if p in ratings:
                 samples[p].append(ratings[p])
     out = {}
     for p, r in point.items():
         lo, hi = np.quantile(samples[p], [alpha / 2, 1 - alpha / 2]) if samples[p] else (math.nan, math.nan)
-        out[p] = RatingInterval(r, float(lo), float(hi))
+        out[p] = RatingInterval(r, float(lo), float(hi), len(samples[p]))
     return out
 
 

@@ -1,22 +1,26 @@
 """Run untrusted generated code in a subprocess with limits, and score it with unbiased pass@k (@sec-evaluation-code).
 
-Layers: a fresh temp working directory, a clean environment, `python -I` (no user site, no env vars),
-rlimits on CPU time, address space, file size and process count (set by the guard before the program
-runs; the process count limit does not bind root), a wall-clock timeout that kills the whole
-process group, and an in-process guard installed before the program runs that disables sockets,
-process creation and file-system writes/deletes outside the temp directory. The guard is a seatbelt,
-not a jail: a determined attacker in the same interpreter can get around Python-level patches, so
-production code-execution services add OS isolation (containers, seccomp, gVisor, nsjail).
+Two layers. The OS layer (used when `unshare` works here, see `isolation_available`): the child runs in
+new user, network, PID and mount namespaces: no network interface but a downed loopback, no view of (or
+signals to) processes outside, every process it starts dies with the namespace's init, and every mount is
+remounted read-only except the working directory, a fresh tmpfs capped at `Limits.disk_mb`. The Python layer, always installed: `python -I`,
+a clean environment, rlimits on CPU time, address space, file size and process count (the process count
+does not bind root), and a guard that patches sockets, process creation and file writes outside the temp
+dir. Alone (the fallback, with a loud warning) the guard is a seatbelt, not a jail: ordinary code respects
+it, one line of deliberate code (`import posix`) gets around it. Output goes to files capped by the file-size
+limit, and a wall-clock timeout kills the whole process tree. Each result records which isolation was used.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,57 +119,127 @@ class Limits:
     file_size_mb: int = 16
     max_processes: int = 32
     max_output_bytes: int = 64_000
+    disk_mb: int = 64  # size of the work dir (a tmpfs) under namespace isolation; unbounded in the fallback
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes"):
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes",
+                     "disk_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one program: status 'passed', 'failed' or 'timeout', plus its exit code and output."""
+    """Outcome of one program: status 'passed', 'failed' or 'timeout', its exit code, output and isolation."""
 
     status: str
     returncode: int | None
     stdout: str
     stderr: str
+    isolation: str
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-def run_program(source: str, limits: Limits = Limits()) -> ExecResult:
-    """Execute `source` as a script in a fresh temp dir under the guard; exit code 0 means passed."""
-    workdir = Path(tempfile.mkdtemp(prefix="llmbook-sandbox-"))
+# Runs inside the namespaces: a size-capped tmpfs becomes the work dir, every other mount read-only, then exec.
+_NAMESPACE_SH = r"""
+work="$1"; disk_mb="$2"; shift 2
+mount -t tmpfs -o size="${disk_mb}m",mode=700 tmpfs "$work" && cd "$work" || exit 97
+while read -r _dev target _rest; do
+  case "$target" in "$work"|/proc|/proc/*) continue ;; esac
+  mount -o remount,bind,ro "$target" 2>/dev/null
+done < /proc/self/mounts
+touch /.llmbook-ro-probe 2>/dev/null && exit 98
+exec "$@"
+"""
+UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc", "--mount",
+           "--kill-child"]
+
+
+def _command(workdir: Path, isolated: bool, argv: list[str], disk_mb: int = 64) -> list[str]:
+    return [*UNSHARE, "/bin/sh", "-c", _NAMESPACE_SH, "sandbox", str(workdir), str(disk_mb), *argv] if isolated else argv
+
+
+@functools.cache
+def isolation_available() -> bool:
+    """Whether namespaces work here (user, net, pid, mount + read-only remount); probed once per process."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    workdir = Path(tempfile.mkdtemp(prefix="llmbook-sandbox-probe-"))
     try:
-        (workdir / "guard.py").write_text(GUARD, encoding="utf-8")
-        (workdir / "program.py").write_text(source, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(workdir / "guard.py"), str(workdir), str(workdir / "program.py"),
-             str(limits.cpu_s), str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes)],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(timeout=limits.timeout_s)
-            status = "passed" if proc.returncode == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: children cannot outlive the run
-            out, err = proc.communicate()
-            status = "timeout"
-        cap = limits.max_output_bytes
-        return ExecResult(status, proc.returncode, out[:cap].decode(errors="replace"), err[-cap:].decode(errors="replace"))
+        proc = subprocess.run(_command(workdir, True, [sys.executable, "-I", "-c", "open('ok', 'w').close()"]),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=10, env=_env(workdir))
+        return proc.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_many(sources: Sequence[str], limits: Limits = Limits(), workers: int = 2) -> list[ExecResult]:
+def _env(workdir: Path) -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
+
+
+def _read_capped(path: Path, cap: int, tail: bool = False) -> str:
+    with path.open("rb") as f:
+        if tail:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - cap))
+        return f.read(cap).decode(errors="replace")
+
+
+def run_program(source: str, limits: Limits = Limits(), isolation: str = "auto") -> ExecResult:
+    """Execute `source` as a script in a fresh temp dir, isolated as well as this machine allows; exit 0 = passed.
+
+    `isolation`: 'auto' (namespaces when available, else the Python guard with a warning), 'namespaces'
+    (fail if unavailable) or 'guard' (the Python guard only).
+    """
+    if isolation not in ("auto", "namespaces", "guard"):
+        raise ValueError(f"isolation must be 'auto', 'namespaces' or 'guard', got {isolation!r}")
+    isolated = isolation != "guard" and isolation_available()
+    if isolation == "namespaces" and not isolated:
+        raise RuntimeError("sandbox: namespace isolation (unshare) is not available on this machine")
+    if isolation == "auto" and not isolated:
+        warnings.warn("sandbox: OS isolation (unshare namespaces) is unavailable; falling back to the Python "
+                      "guard, which deliberate code can bypass (network, file writes, signals)", RuntimeWarning,
+                      stacklevel=2)
+    base = Path(tempfile.mkdtemp(prefix="llmbook-sandbox-"))
+    workdir = base / "work"
+    workdir.mkdir()
+    try:
+        (base / "guard.py").write_text(GUARD, encoding="utf-8")
+        (base / "program.py").write_text(source, encoding="utf-8")
+        argv = [sys.executable, "-I", "-B", str(base / "guard.py"), str(workdir), str(base / "program.py"),
+                str(limits.cpu_s), str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes)]
+        # Output goes to files outside the work dir (capped by RLIMIT_FSIZE), never to pipes a child could hold.
+        with (base / "stdout").open("wb") as out, (base / "stderr").open("wb") as err:
+            proc = subprocess.Popen(_command(workdir, isolated, argv, limits.disk_mb), cwd=workdir, env=_env(workdir),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=limits.timeout_s)
+                status = "passed" if proc.returncode == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                status = "timeout"
+            finally:
+                try:  # the whole group (and, isolated, the PID namespace with it): nothing outlives the run
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        cap = limits.max_output_bytes
+        return ExecResult(status, proc.returncode, _read_capped(base / "stdout", cap),
+                          _read_capped(base / "stderr", cap, tail=True), "namespaces" if isolated else "guard")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_many(sources: Sequence[str], limits: Limits = Limits(), workers: int = 2,
+             isolation: str = "auto") -> list[ExecResult]:
     """Run programs concurrently (each in its own subprocess), results in input order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: run_program(s, limits), sources))
+        return list(pool.map(lambda s: run_program(s, limits, isolation), sources))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -108,7 +108,7 @@ def _winogrande_continuation(doc: dict) -> str:
 
 
 def _mmlu_text(doc: dict) -> str:
-    options = "".join(f"\n{'ABCD'[i]}. {doc[f'choice{i}'].strip()}" for i in range(4))
+    options = "".join(f"\n{'ABCD'[i]}. {doc[f'choice{i}']}" for i in range(4))  # choices unstripped, as lm-eval
     return f"{doc['question'].strip()}{options}\nAnswer:"
 
 
@@ -128,8 +128,9 @@ def gsm8k_gold(doc: dict) -> str:
 
 
 def normalize_number(text: str) -> str:
-    """Canonical form of a numeric answer: strip $, commas, spaces and a trailing period."""
-    return text.strip().replace(",", "").replace("$", "").rstrip(".").strip()
+    """Canonical form of a numeric answer: strip $, commas, spaces and one trailing period (as lm-eval)."""
+    text = text.strip().replace(",", "").replace("$", "")
+    return (text[:-1] if text.endswith(".") else text).strip()
 
 
 _GSM_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
