@@ -9,11 +9,11 @@ import sys
 # Subcommand name -> module that defines `add_parser(subparsers)`; the parser's `func(args)` returns an exit code.
 COMMANDS: dict[str, str] = {
     "costs": "llmbook.costs.cli",
+    "data": "llmbook.data.cli",
+    "tokenizer": "llmbook.tokenizer.cli",
     "train": "llmbook.train.cli",
     "generate": "llmbook.train.generate",
     "export": "llmbook.train.export",
-    "data": "llmbook.data.cli",
-    "tokenizer": "llmbook.tokenizer.cli",
     "eval": "llmbook.eval.cli",
 }
 
