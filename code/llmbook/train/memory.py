@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class MeasuredMemory:
-    """Bytes held by one training step: weights, gradients, optimizer state and saved activations."""
-
-    weights: int
-    gradients: int
-    optimizer: int
-    activations: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
-
-    def as_dict(self) -> dict[str, int]:
-        return {"weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
-                "activations": self.activations, "total": self.total}
+from llmbook.costs.memory import MemoryBreakdown
 
 
 def _nbytes(tensors) -> int:
@@ -59,8 +41,11 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
 
 
 def measure_training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                            y: torch.Tensor) -> MeasuredMemory:
-    """Run one optimizer step and count the bytes of weights, gradients, AdamW moments and saved activations."""
+                            y: torch.Tensor) -> MemoryBreakdown:
+    """Run one optimizer step and count the bytes of weights, gradients, AdamW moments and saved activations.
+
+    Returns the same `MemoryBreakdown` that `llmbook.costs.training_memory` predicts, so the two compare field by field.
+    """
     activations = saved_activation_bytes(model, x, y)
     _, loss = model(x, y)
     loss.backward()
@@ -69,4 +54,4 @@ def measure_training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, 
     state = _nbytes(v for s in optimizer.state.values() for v in s.values()
                     if torch.is_tensor(v) and v.ndim > 0)
     optimizer.zero_grad(set_to_none=True)
-    return MeasuredMemory(_nbytes(model.parameters()), grads, state, activations)
+    return MemoryBreakdown(_nbytes(model.parameters()), grads, state, activations)
