@@ -91,4 +91,4 @@ def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "task 'boolq'" in err and "boolq_val_dev.jsonl:1" in err
     assert main(["eval", "--model", str(tmp_path), "--tasks", "piqa", "--data-dir", str(data_dir)]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "is neither a training run or checkpoint" in capsys.readouterr().err
