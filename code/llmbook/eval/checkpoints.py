@@ -26,10 +26,12 @@ def is_training_run(path: str | Path) -> bool:
     from llmbook.train import checkpoint as ckpt
 
     p = Path(path)
-    return (p / ckpt.MANIFEST).is_file() or bool(ckpt.list_checkpoints(p)) or bool(ckpt.list_checkpoints(p / "checkpoints"))
+    return ((p / ckpt.MANIFEST).is_file() or bool(ckpt.list_checkpoints(p))
+            or bool(ckpt.list_checkpoints(p / "checkpoints")))
 
 
-def checkpoint_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_length: int | None = None) -> LLMBookLM:
+def checkpoint_lm(path: str | Path, batch_size: int = 8, device: str = "cpu",
+                  max_length: int | None = None) -> LLMBookLM:
     """The newest valid checkpoint of a run (or the given checkpoint) as an `LLMBookLM` with the run's tokenizer."""
     from llmbook.train.checkpoint import CheckpointError
     from llmbook.train.generate import load_model
@@ -71,11 +73,13 @@ def load_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_leng
     if (p / "config.json").is_file():
         return hf_lm(p, batch_size, device, max_length)
     raise ValueError(f"{p} is neither a training run or checkpoint (expected manifest.json, or checkpoints/step_*/ "
-                     "from llmbook train) nor a transformers model folder (expected config.json, weights and tokenizer)")
+                     "from llmbook train) nor a transformers model folder (expected config.json, weights and "
+                     "tokenizer)")
 
 
 def run_lms(run_dir: str | Path, batch_size: int = 8, device: str = "cpu") -> dict[int, LLMBookLM]:
-    """Every kept checkpoint of a run by step, plus step 0: the initial weights, drawn from the run's seed as the trainer does."""
+    """Every kept checkpoint of a run by step, plus step 0: the initial weights drawn from the run's seed as the
+    trainer draws them (the untrained baseline with the same architecture and tokenizer)."""
     import torch
 
     from llmbook.model import GPT
