@@ -105,7 +105,7 @@ def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "task 'boolq'" in err and "boolq_val_dev.jsonl:1" in err
     assert main(["eval", "--model", str(tmp_path), "--tasks", "piqa", "--data-dir", str(data_dir)]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "is neither a training run or checkpoint" in capsys.readouterr().err
 
 
 def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys):
@@ -115,4 +115,4 @@ def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys):
     assert "humaneval execute model-generated code; pass --allow-code-execution" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "humaneval", "--data-dir", str(data_dir),
                  "--allow-code-execution"]) == 2
-    assert "no config.json" in capsys.readouterr().err  # opted in: it got as far as loading the model
+    assert "is neither a training run or checkpoint" in capsys.readouterr().err  # opted in: it got as far as loading

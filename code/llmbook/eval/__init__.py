@@ -2,5 +2,6 @@
 
 Modules: `models` (the evaluation interface and its adapters), `perplexity`, `tasks`, `harness`,
 `sandbox` (code execution and pass@k), `bleu` (BLEU, chrF), `rouge`, `ratings` (Elo, Bradley-Terry),
-`contamination`, `tiny` (small random models for tests), `cli` (`llmbook eval`).
+`contamination`, `checkpoints` (runs of the book's trainer as models), `tiny` (small random models for tests),
+`cli` (`llmbook eval`).
 """

@@ -20,23 +20,6 @@ def _data_dir(value: str | None) -> Path:
     return path
 
 
-def load_model(path: str, batch_size: int = 8, device: str = "cpu", max_length: int | None = None):
-    """A `transformers` model directory (config.json + weights + tokenizer) as an evaluation `CausalLM`.
-
-    Book checkpoints are evaluated after `llmbook.model.to_hf` exports them to such a directory.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmbook.eval.models import HFCausalLM
-
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"model directory {p} has no config.json (export book checkpoints with llmbook.model.to_hf)")
-    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-    return HFCausalLM(model, tokenizer, max_length=max_length, batch_size=batch_size, device=device)
-
-
 def _read_lines(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -62,6 +45,7 @@ def _print(obj: dict, as_json: bool) -> None:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
+    from llmbook.eval.checkpoints import load_lm
     from llmbook.eval.harness import evaluate, write_json
     from llmbook.eval.tasks import get_task
 
@@ -73,7 +57,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         raise CLIError(f"task(s) {', '.join(code)} execute model-generated code; pass --allow-code-execution to "
                        "run it in the sandbox (namespaces where available, else only a Python guard)")
     data_dir = _data_dir(args.data_dir)
-    model = load_model(args.model, args.batch_size, args.device, args.max_length)
+    model = load_lm(args.model, args.batch_size, args.device, args.max_length)
     results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
                        bootstrap_iters=args.bootstrap_iters)
     if args.output:
@@ -90,13 +74,14 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 
 def run_ppl(args: argparse.Namespace) -> int:
+    from llmbook.eval.checkpoints import load_lm
     from llmbook.eval.perplexity import perplexity, wikitext_documents
 
     text = Path(args.input).read_text(encoding="utf-8") if Path(args.input).is_file() else None
     if text is None:
         raise FileNotFoundError(f"input file {args.input} not found")
     docs = wikitext_documents(text) if args.wikitext else [d for d in text.split("\n\n") if d.strip()]
-    model = load_model(args.model, args.batch_size, args.device, args.max_length)
+    model = load_lm(args.model, args.batch_size, args.device, args.max_length)
     _print(perplexity(model, docs, stride=args.stride).to_dict(), args.json)
     return 0
 
@@ -146,7 +131,8 @@ def run_contamination(args: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, help="transformers model directory (config.json, weights, tokenizer)")
+    p.add_argument("--model", required=required,
+                   help="training run or checkpoint (llmbook train --out DIR), or transformers model folder")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--max-length", type=int, help="context window in tokens (default: the model's)")

@@ -222,12 +222,26 @@ class HFCausalLM(CausalLM):
 
 
 class LLMBookLM(CausalLM):
-    """Adapter for a book-trained `llmbook.model.GPT` and any tokenizer with encode/decode."""
+    """Adapter for a book-trained `llmbook.model.GPT` and its tokenizer.
 
-    def __init__(self, model, tokenizer, eot_id: int, batch_size: int = 8, device: str = "cpu"):
+    The tokenizer is a `tokenizers.Tokenizer` (what the trainer saves with every checkpoint) or any object whose
+    `encode(str)` returns a list of ids and `decode(ids)` a string (a `transformers` tokenizer).
+    """
+
+    def __init__(self, model, tokenizer, eot_id: int, batch_size: int = 8, device: str = "cpu",
+                 max_length: int | None = None):
+        from tokenizers import Tokenizer
+
+        block = model.config.block_size
+        if max_length is not None and max_length > block:
+            raise ValueError(f"max_length={max_length} exceeds the model's block_size={block}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
-        super().__init__(tokenizer.encode, tokenizer.decode, eot_id, model.config.block_size, batch_size, device)
+        if isinstance(tokenizer, Tokenizer):
+            encode = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+        else:
+            encode = tokenizer.encode
+        super().__init__(encode, tokenizer.decode, eot_id, max_length or block, batch_size, device)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)[0]
