@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from llmbook.cli import main
+from llmbook.data.pack import file_sha256
 from llmbook.eval import checkpoints
 from llmbook.eval.models import HFCausalLM, LLMBookLM
 from llmbook.eval.perplexity import perplexity
@@ -164,7 +165,7 @@ def test_cached_run_trains_once_and_matches_a_direct_run(tmp_path, bpe_shards, m
     assert not [p for p in run.parent.iterdir() if p.name.startswith(".")]  # the temp folder was renamed
     Trainer(cfg, tmp_path / "direct", log=lambda msg: None).fit()
     a = ckpt.resolve(run) / "model.safetensors"
-    assert ckpt.sha256_file(a) == ckpt.sha256_file(ckpt.resolve(tmp_path / "direct") / "model.safetensors")
+    assert file_sha256(a) == file_sha256(ckpt.resolve(tmp_path / "direct") / "model.safetensors")
     monkeypatch.setattr("llmbook.train.Trainer", None)  # a second call must not train
     assert checkpoints.cached_run(cfg) == run
     other = tiny_cfg(tmp_path, bpe_shards, steps=2)

@@ -121,7 +121,7 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     in a temporary folder and renamed into place when complete, so an interrupted run is never reused.
     """
     from llmbook.train import Trainer
-    from llmbook.train.checkpoint import fsync_path
+    from llmbook.data._io import fsync_dir
 
     out = run_dir_for(cfg)
     if _complete(out, cfg.train.steps):
@@ -134,7 +134,7 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
             shutil.rmtree(out)  # a stale, incomplete folder from elsewhere
         if not out.exists():
             os.replace(tmp, out)
-            fsync_path(out.parent)
+            fsync_dir(out.parent)
     finally:
         if tmp.exists():  # another process finished the same run first
             shutil.rmtree(tmp, ignore_errors=True)
