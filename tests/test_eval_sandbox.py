@@ -182,21 +182,8 @@ def test_file_deletion_and_writes_outside_tempdir_are_blocked(tmp_path):
 
 
 def test_network_is_blocked():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.5)
+    server, t, accepted = _listening_server()
     port = server.getsockname()[1]
-    accepted = []
-
-    def accept():
-        try:
-            accepted.append(server.accept())
-        except OSError:
-            pass
-
-    t = threading.Thread(target=accept)
-    t.start()
     attacks = [
         f"import socket; socket.create_connection(('127.0.0.1', {port}))",
         f"import socket; s = socket.socket(); s.connect(('127.0.0.1', {port}))",
