@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
-from llmbook.data._io import write_json
+from llmbook.fileio import write_json
 
 
 def git_commit() -> str:

@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from llmbook.cli import main
-from llmbook.data.pack import TokenLoader, file_sha256
+from llmbook.data.pack import TokenLoader
+from llmbook.fileio import file_sha256
 from llmbook.tokenizer import BPETokenizer
 
 SENTENCES = [

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmbook.cli import main
-from llmbook.data.pack import file_sha256
+from llmbook.fileio import file_sha256
 from llmbook.eval import checkpoints
 from llmbook.eval.models import HFCausalLM, LLMBookLM
 from llmbook.eval.perplexity import perplexity

@@ -8,10 +8,11 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
-from llmbook.data._io import atomic_write, write_json
+from llmbook.fileio import atomic_write, write_json
 from llmbook.data.dedup import MinHashConfig
 from llmbook.data.filters import FilterConfig
-from llmbook.data.pack import file_sha256, write_shards
+from llmbook.data.pack import write_shards
+from llmbook.fileio import file_sha256
 from llmbook.data.pipeline import DEDUP_METHODS, prepare
 from llmbook.data.sources import SEPARATORS, load_inputs
 

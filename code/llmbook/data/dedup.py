@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import regex
-from llmbook.data._io import progress_bar
+from llmbook.progress import progress_bar
 
 _PUNCT = regex.compile(r"[\p{P}\p{S}]+")
 _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))

@@ -12,7 +12,6 @@ validation), so the split never depends on hashing or on the order of shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmbook.data._io import atomic_write, fsync_dir, progress_bar, write_json
+from llmbook.fileio import atomic_write, fsync_dir, write_json
+from llmbook.progress import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -40,15 +40,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size > 2**32:
         raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token ids")
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (used as the tokenizer hash recorded in a manifest)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_val_document(index: int, val_fraction: float) -> bool:

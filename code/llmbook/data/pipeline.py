@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from llmbook.data._io import progress_bar
+from llmbook.progress import progress_bar
 
 from llmbook.data.dedup import MinHashConfig, exact_duplicates, near_duplicates
 from llmbook.data.filters import FILTERS, FilterConfig, QualityFilter

@@ -121,7 +121,7 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     in a temporary folder and renamed into place when complete, so an interrupted run is never reused.
     """
     from llmbook.train import Trainer
-    from llmbook.data._io import fsync_dir
+    from llmbook.fileio import fsync_dir
 
     out = run_dir_for(cfg)
     if _complete(out, cfg.train.steps):

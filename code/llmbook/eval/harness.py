@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmbook.data._io import atomic_write
+from llmbook.fileio import atomic_write
 from llmbook.eval.models import CausalLM
 from llmbook.eval.sandbox import Limits, estimate_pass_at_k, humaneval_program, mbpp_program, run_many
 from llmbook.eval.tasks import Task, extract_gsm8k_answer, get_task

@@ -21,7 +21,8 @@ from typing import Literal
 
 import regex
 
-from llmbook.data._io import atomic_write, progress_bar
+from llmbook.fileio import atomic_write
+from llmbook.progress import progress_bar
 from llmbook.tokenizer.pretokenize import compiled, resolve_pattern
 
 Pair = tuple[int, int]

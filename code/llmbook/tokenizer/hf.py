@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llmbook.data._io import atomic_write
+from llmbook.fileio import atomic_write
 from llmbook.tokenizer.pretokenize import bytes_to_unicode, resolve_pattern
 
 if TYPE_CHECKING:

@@ -29,8 +29,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from llmbook.data._io import atomic_write, fsync_dir
-from llmbook.data.pack import file_sha256
+from llmbook.fileio import atomic_write, fsync_dir
+from llmbook.fileio import file_sha256
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
@@ -44,7 +44,7 @@ CORRUPT = ".corrupt"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` atomically (llmbook.data._io.atomic_write) and make the rename durable."""
+    """Write text to `path` atomically (llmbook.fileio.atomic_write) and make the rename durable."""
     atomic_write(path, lambda f: f.write(text))
     fsync_dir(path.parent)
 

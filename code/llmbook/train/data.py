@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from llmbook.data._io import fsync_dir
-from llmbook.data.pack import MANIFEST, TokenLoader, file_sha256, write_shards
+from llmbook.fileio import fsync_dir
+from llmbook.data.pack import MANIFEST, TokenLoader, write_shards
+from llmbook.fileio import file_sha256
 from llmbook.data.sources import load_corpus
 from llmbook.train.checkpoint import atomic_write_text
 from llmbook.train.config import DataConfig

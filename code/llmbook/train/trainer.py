@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
-from llmbook.data._io import progress_bar
+from llmbook.progress import progress_bar
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import RunConfig
 from llmbook.train.optim import build_optimizer, lr_at, set_lr

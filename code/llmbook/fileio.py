@@ -1,13 +1,16 @@
-"""Atomic file writes shared by the data pipeline (temp file in the same folder, fsync, os.replace)."""
+"""File helpers every subpackage shares: atomic writes (temp file, fsync, rename), directory fsync, SHA-256.
+
+Data shards, tokenizers, checkpoints, evaluation results and exports all go through these, so a crash
+mid-write leaves the previous file intact (@sec-data-pack)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from collections.abc import Iterable
-from typing import IO, Any, Callable
+from typing import IO, Callable
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
@@ -47,8 +50,10 @@ def write_json(path: str | Path, obj: object) -> Path:
     return atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False))
 
 
-def progress_bar(iterable: Iterable | None = None, progress: bool = True, **kwargs: Any) -> Any:
-    """A tqdm bar that `TQDM_DISABLE=1` can silence (passing `disable=False` would override the variable)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (manifests, checkpoints and the data registry record it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
