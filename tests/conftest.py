@@ -38,7 +38,8 @@ def _can_install_system_packages() -> bool:
         return False
     if os.geteuid() == 0:
         return True
-    return shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    sudo = shutil.which("sudo")
+    return sudo is not None and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
 
 
 @pytest.fixture(scope="session")

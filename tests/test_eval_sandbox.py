@@ -97,7 +97,8 @@ def test_unprivileged_no_capabilities_no_new_privileges_seccomp_on():
            "status = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
            "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'groups': os.getgroups(),\n"
            "    'caps': [status[k].strip() for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')],\n"
-           "    'nnp': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(), 'root': os.listdir('/')}))\n")
+           "    'nnp': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(),\n"
+           "    'root': os.listdir('/')}))\n")
     res = run(src)
     assert res.passed and res.isolation == "bwrap", res
     seen = json.loads(res.stdout)

@@ -1,4 +1,4 @@
-"""Run untrusted generated code in a bubblewrap sandbox with limits, and score it with unbiased pass@k (@sec-evaluation-code).
+"""Run model-written code in a bubblewrap sandbox with limits, and score it with unbiased pass@k (@sec-evaluation-code).
 
 Each program runs under bubblewrap (`bwrap`, the sandbox Flatpak is built on) in new user, PID, network, mount,
 IPC, UTS and cgroup namespaces: as uid 65534 with every capability dropped and no new privileges, behind a
