@@ -22,7 +22,10 @@ NOTEBOOKS_STRICT := notebooks/costs.ipynb
 NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
 NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: book test venv notebooks check clean
+# System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code).
+SYSTEM_PACKAGES := bubblewrap libseccomp2
+
+.PHONY: book test venv notebooks check clean sysdeps
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -36,8 +39,28 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed-test
 
+# Installs the missing SYSTEM_PACKAGES with apt-get as root or with passwordless sudo; otherwise says what to install
+# (the tests that need them then skip, saying why). Systems without dpkg install them with their own package manager.
+sysdeps:
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; missing=$$(echo $$missing); \
+	if ! command -v apt-get >/dev/null 2>&1; then SUDO=none; \
+	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else SUDO=none; fi; \
+	if [ "$$SUDO" = none ]; then \
+	  echo "make sysdeps: cannot install system packages here; install $$missing with your package manager (tests that need them are skipped)"; \
+	  exit 0; \
+	fi; \
+	echo "make sysdeps: installing $$missing"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	echo "make sysdeps: apt-get could not install $$missing (tests that need them are skipped)"
+
 test: export OMP_NUM_THREADS = 1
-test: $(VENV)/.installed-test
+test: sysdeps $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
 	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))

@@ -1,8 +1,10 @@
-"""Shared test fixtures: the repository root, the book tooling, and the data directory."""
+"""Shared test fixtures: the repository root, the book tooling, the data directory and the code sandbox."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +30,26 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("LLMBOOK_DATA is not set to a data directory")
     return Path(value)
+
+
+def _can_install_system_packages() -> bool:
+    """Whether `make sysdeps` can install packages here: apt-get, run as root or with passwordless sudo."""
+    if shutil.which("apt-get") is None:
+        return False
+    if os.geteuid() == 0:
+        return True
+    sudo = shutil.which("sudo")
+    return sudo is not None and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def sandbox_ready() -> None:
+    """For tests that run code in the bubblewrap sandbox: they skip only where bubblewrap cannot be had."""
+    from llmbook.eval import sandbox
+
+    problem = sandbox.isolation_problem()
+    if problem is None:
+        return
+    if shutil.which("bwrap") is None and _can_install_system_packages():
+        pytest.fail(f"{problem}, but it can be installed here: run `make sysdeps` (make test runs it first)")
+    pytest.skip(f"no code sandbox: {problem}")

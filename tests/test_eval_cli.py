@@ -7,6 +7,7 @@ import json
 import pytest
 
 from llmbook.cli import main
+from llmbook.eval import sandbox
 from llmbook.eval.bleu import corpus_bleu, corpus_chrf
 from llmbook.eval.perplexity import wikitext_documents
 from llmbook.eval.rouge import corpus_rouge
@@ -108,11 +109,22 @@ def test_errors_are_one_clear_line(data_dir, model_dir, tmp_path, capsys):
     assert "is neither a training run or checkpoint" in capsys.readouterr().err
 
 
-def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys):
+def test_code_tasks_need_explicit_opt_in(data_dir, tmp_path, capsys, monkeypatch):
     # refused before any model is loaded (the model path does not even exist)
+    code_task = ["eval", "--model", str(tmp_path / "none"), "--tasks", "humaneval", "--data-dir", str(data_dir)]
     assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "arc_easy,humaneval", "--data-dir",
                  str(data_dir)]) == 2
     assert "humaneval execute model-generated code; pass --allow-code-execution" in capsys.readouterr().err
-    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "humaneval", "--data-dir", str(data_dir),
-                 "--allow-code-execution"]) == 2
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: None)  # bubblewrap works
+    assert main([*code_task, "--allow-code-execution"]) == 2
     assert "model path" in capsys.readouterr().err  # opted in: it got as far as loading the model
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "bubblewrap (bwrap) is not installed")
+    assert main([*code_task, "--allow-code-execution"]) == 2
+    err = capsys.readouterr().err
+    assert "bubblewrap (bwrap) is not installed: code tasks run model-generated code only in the bubblewrap " \
+           "sandbox" in err and "sudo apt-get install bubblewrap" in err and "--allow-unsandboxed-code" in err
+    assert "model path" not in err and len(err.strip().splitlines()) == 1
+    assert main([*code_task, "--allow-code-execution", "--allow-unsandboxed-code"]) == 2
+    err = capsys.readouterr().err
+    assert "WARNING: bubblewrap (bwrap) is not installed; running model-generated code on this machine WITHOUT " \
+           "isolation" in err and "model path" in err

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from llmbook.eval import harness, perplexity
 from llmbook.eval.models import HFCausalLM
-from llmbook.eval.sandbox import isolation_available
 from llmbook.eval.tasks import TASKS, extract_gsm8k_answer, get_task
 from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
 
@@ -226,18 +225,19 @@ def test_limit_zero_and_empty_choices(data_dir, tmp_path):
     assert res["items"][0]["acc"] == 1.0 and res["items"][0]["acc_norm"] == 1.0
 
 
-def test_generation_tasks_run_end_to_end(data_dir, tokenizer):
+def test_generation_tasks_run_end_to_end(data_dir, tokenizer, request):
     lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=256), tokenizer)
     g = harness.evaluate_task(lm, "gsm8k", data_dir, limit=2, bootstrap_iters=20)
     assert set(g["metrics"]) == {"exact_match_strict", "exact_match_flexible"} and g["n"] == 2
     # pass@k exactly, from a model whose samples are known: problem 0 always right, problem 1 right 3 times in 10
+    request.getfixturevalue("sandbox_ready")
     he = get_task("humaneval")
     p0, p1 = he.load(data_dir)[:2]
     wrong = "    return None\n"
     stub = StubLM({p0["prompt"]: [p0["canonical_solution"]], p1["prompt"]: [p1["canonical_solution"]] * 3 + [wrong] * 7})
     h = harness.evaluate_task(stub, he, data_dir, limit=2, n_samples=10, temperature=0.8, bootstrap_iters=20)
     assert [sum(it["passed"]) for it in h["items"]] == [10, 3]
-    assert h["isolation"] == ("namespaces" if isolation_available() else "guard")
+    assert h["isolation"] == "bwrap"
     assert h["metrics"]["pass@1"]["value"] == pytest.approx((1.0 + 0.3) / 2)
     assert h["metrics"]["pass@10"]["value"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="needs temperature > 0"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from llmbook.cli import CLIError
@@ -45,6 +46,7 @@ def _print(obj: dict, as_json: bool) -> None:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
+    from llmbook.eval import sandbox
     from llmbook.eval.checkpoints import load_lm
     from llmbook.eval.harness import evaluate, write_json
     from llmbook.eval.tasks import get_task
@@ -55,11 +57,21 @@ def run_tasks(args: argparse.Namespace) -> int:
     code = [name for name in names if get_task(name).kind == "code"]  # unknown names fail before the model loads
     if code and not args.allow_code_execution:
         raise CLIError(f"task(s) {', '.join(code)} execute model-generated code; pass --allow-code-execution to "
-                       "run it in the sandbox (namespaces where available, else only a Python guard)")
+                       "run it in the bubblewrap sandbox")
+    isolation = "auto"
+    problem = sandbox.isolation_problem() if code else None
+    if problem and not args.allow_unsandboxed_code:  # refused before the model loads
+        raise CLIError(f"{problem}: code tasks run model-generated code only in the bubblewrap sandbox; install "
+                       "bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap), or pass --allow-unsandboxed-code "
+                       "to run it on this machine WITHOUT isolation, at your own risk")
+    if problem:
+        isolation = "unsafe-host"
+        print(f"llmbook eval: WARNING: {problem}; running model-generated code on this machine WITHOUT isolation "
+              "(--allow-unsandboxed-code)", file=sys.stderr)
     data_dir = _data_dir(args.data_dir)
     model = load_lm(args.model, args.batch_size, args.device, args.max_length)
     results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
-                       bootstrap_iters=args.bootstrap_iters)
+                       bootstrap_iters=args.bootstrap_iters, isolation=isolation)
     if args.output:
         write_json(args.output, {"model": args.model, "results": results})
     summary = {name: {k: r[k] for k in ("n", "num_fewshot", "chance", "metrics")} for name, r in results.items()}
@@ -151,7 +163,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--output", help="also write full per-item results JSON here (atomically)")
     p.add_argument("--allow-code-execution", action="store_true",
-                   help="required for humaneval/mbpp: run model-generated code in the sandbox")
+                   help="required for humaneval/mbpp: run model-generated code in the bubblewrap sandbox")
+    p.add_argument("--allow-unsandboxed-code", action="store_true",
+                   help="DANGEROUS: where bubblewrap is unavailable, run model-generated code on this machine "
+                        "without isolation (it can read, change and delete your files)")
     p.set_defaults(func=run_tasks)
     sub = p.add_subparsers(dest="eval_command", metavar="{ppl,bleu,rouge,contamination}")
 

@@ -111,8 +111,11 @@ def mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
 
 def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit: int | None = None,
                   num_fewshot: int = 0, seed: int = 1234, bootstrap_iters: int = 1000, n_samples: int = 1,
-                  temperature: float = 0.0, limits: Limits = Limits()) -> dict:
-    """Evaluate one task; returns metrics with stderr and 95% intervals plus per-item records."""
+                  temperature: float = 0.0, limits: Limits = Limits(), isolation: str = "auto") -> dict:
+    """Evaluate one task; returns metrics with stderr and 95% intervals plus per-item records.
+
+    Code tasks run the completions in the sandbox (`isolation`, see `sandbox.run_program`).
+    """
     task = get_task(task) if isinstance(task, str) else task
     if task.doc_to_contexts and num_fewshot:
         raise ValueError(f"task {task.name!r}: few-shot prompts are not supported for per-choice contexts")
@@ -170,13 +173,14 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
         to_program = humaneval_program if task.name == "humaneval" else mbpp_program
         completions = [[model.generate(ctx, stop=task.stop, max_tokens=task.max_tokens, temperature=temperature,
                                        generator=gen) for _ in range(n_samples)] for ctx in contexts]
-        results = run_many([to_program(d, c) for d, cs in zip(docs, completions) for c in cs], limits)
+        results = run_many([to_program(d, c) for d, cs in zip(docs, completions) for c in cs], limits,
+                           isolation=isolation)
         outcomes = [[r.passed for r in results[i * n_samples : (i + 1) * n_samples]] for i in range(len(docs))]
         for k in (1, 10, 100):
             if k <= n_samples:
                 per_item[f"pass@{k}"] = [estimate_pass_at_k([o], k) for o in outcomes]
         items = [{"line": d["_line"], "completions": c, "passed": o} for d, c, o in zip(docs, completions, outcomes)]
-        extra["isolation"] = ",".join(sorted({r.isolation for r in results}))  # 'namespaces' or 'guard'
+        extra["isolation"] = ",".join(sorted({r.isolation for r in results}))  # 'bwrap' or 'unsafe-host'
         chance = 0.0
     else:
         raise ValueError(f"task {task.name!r}: unknown kind {task.kind!r}")
