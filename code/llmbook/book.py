@@ -105,6 +105,7 @@ def setup(seed: int = DEFAULT_SEED, quiet: bool | None = None) -> Setup:
     interactive = is_interactive() if quiet is None else not quiet
     if not interactive:
         os.environ["TQDM_DISABLE"] = "1"
+        _wrap_stdout()
     seed_everything(seed)
     np.set_printoptions(precision=4, suppress=True, linewidth=PAGE_WIDTH)
     import torch
@@ -121,6 +122,48 @@ def setup(seed: int = DEFAULT_SEED, quiet: bool | None = None) -> Setup:
         pass
     device = pick_device()
     return Setup(seed=seed, device=device, preset=preset_name(device), interactive=interactive)
+
+
+class PageWidthWriter:
+    """A stdout that wraps printed lines longer than the page (`PAGE_WIDTH`) at spaces, continuation
+    lines indented by two more spaces, so printed output fits the PDF page. Installed by `setup()`
+    when a chapter is rendered or tested."""
+
+    def __init__(self, stream, width: int = PAGE_WIDTH):
+        self.stream, self.width, self.pending = stream, width, ""
+
+    def _wrap(self, line: str) -> str:
+        if len(line) <= self.width:
+            return line
+        indent = line[: len(line) - len(line.lstrip())]
+        return "\n".join(textwrap.wrap(line, self.width, subsequent_indent=indent + "  ", break_on_hyphens=False,
+                                        replace_whitespace=False, drop_whitespace=True)) or line
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            *lines, self.pending = self.pending.split("\n")
+            self.stream.write("".join(self._wrap(line) + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream.write(self._wrap(self.pending))
+            self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _wrap_stdout() -> None:
+    """Route `print` through `PageWidthWriter` (once); in a kernel, flush it at the end of every cell."""
+    if isinstance(sys.stdout, PageWidthWriter):
+        return
+    sys.stdout = PageWidthWriter(sys.stdout)
+    shell = _ipython_shell()
+    if shell is not None:
+        shell.events.register("post_execute", sys.stdout.flush)
 
 
 def _ipython_shell():
@@ -179,23 +222,6 @@ def human(value: float, digits: int = 3) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g}{suffix}"
     return f"{value:.{digits}g}"
-
-
-def md_table(rows: list[list[object]], headers: list[str], align: str | None = None):
-    """A pipe table as a Markdown display object, so Quarto renders it natively in HTML and PDF.
-
-    `align` has one letter per column: l, r or c (default: text left, numbers right).
-    """
-    from IPython.display import Markdown
-
-    if any(len(r) != len(headers) for r in rows):
-        raise ValueError(f"every row needs {len(headers)} cells to match the headers {headers}")
-    if align is None:
-        align = "".join("r" if rows and isinstance(v, (int, float)) else "l" for v in (rows[0] if rows else headers))
-    rule = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
-    lines += ["| " + " | ".join(inline(v) if not isinstance(v, str) else v for v in r) + " |" for r in rows]
-    return Markdown("\n".join(lines))
 
 
 def printable(text: str) -> str:
