@@ -1264,17 +1264,15 @@ def build_freeze(stems: list[str] | None = None) -> None:
 
 # ---------------------------------------------------------------------------------------------- code width
 def fit_code(path: Path, width: int | None = None) -> int:
-    """Reformat, with black, each top-level statement of the chapter's code cells that has a line longer
-    than the page (`PAGE_WIDTH`); other lines stay as written. Returns how many statements changed."""
+    """Reformat each top-level statement of a chapter's code cells that has a line longer than the page
+    (`PAGE_WIDTH`) with `llmbook.book`'s formatter (black, comments and docstrings re-wrapped); other
+    lines stay as written. Returns how many statements or comments changed."""
     import ast
+    import textwrap
 
-    import black
-
-    from llmbook.book import PAGE_WIDTH
+    from llmbook.book import PAGE_WIDTH, _fit
 
     width = width or PAGE_WIDTH
-    mode = black.Mode(line_length=width, string_normalization=False,
-                      enabled_features={black.mode.Preview.string_processing})
     text = path.read_text(encoding="utf-8")
     changed = 0
 
@@ -1286,24 +1284,38 @@ def fit_code(path: Path, width: int | None = None) -> int:
         code_lines = lines[len(options):]
         if not any(len(line) > width for line in code_lines):
             return m.group(0)
-        code = "\n".join(code_lines)
         try:
-            tree = ast.parse(code)
+            tree = ast.parse("\n".join(code_lines))
         except SyntaxError:
             return m.group(0)
+
+        def loose(chunk: list[str]) -> list[str]:  # comment lines between statements
+            nonlocal changed
+            out = []
+            for line in chunk:
+                stripped = line.lstrip()
+                if len(line) > width and stripped.startswith("#"):
+                    indent = line[: len(line) - len(stripped)]
+                    out.extend(textwrap.wrap(stripped.lstrip("#").strip(), width, initial_indent=indent + "# ",
+                                             subsequent_indent=indent + "# ", break_on_hyphens=False))
+                    changed += 1
+                else:
+                    out.append(line)
+            return out
+
         out, pos = [], 0
         for stmt in tree.body:
             start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])]) - 1
             end = stmt.end_lineno
-            out.extend(code_lines[pos:start])
+            out.extend(loose(code_lines[pos:start]))
             chunk = code_lines[start:end]
             if any(len(line) > width for line in chunk):
-                formatted = black.format_str("\n".join(chunk) + "\n", mode=mode).rstrip("\n").split("\n")
+                formatted = _fit("\n".join(chunk) + "\n", width).split("\n")
                 changed += formatted != chunk
                 chunk = formatted
             out.extend(chunk)
             pos = end
-        out.extend(code_lines[pos:])
+        out.extend(loose(code_lines[pos:]))
         return head + "\n".join(options + out) + tail
 
     new = re.sub(r"(```\{python\}[^\n]*\n)(.*?)(\n```)", fit_cell, text, flags=re.S)
