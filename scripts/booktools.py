@@ -1205,6 +1205,17 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, name: str, timeout: i
     return strip_progress(nb)
 
 
+def readable_outputs(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
+    """Cross-references and citations in Markdown outputs (tables that cite their sources) in words too."""
+    targets, titles = crossref_targets(), _chapter_titles()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/markdown" in o.get("data", {})]
+    texts = [readable_crossrefs(_text(o["data"]["text/markdown"]), stem, targets, titles) for o in outputs]
+    texts, _ = render_citations(texts)
+    for output, text in zip(outputs, texts):
+        output["data"]["text/markdown"] = text
+    return nb
+
+
 def notebook_signature(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
     """What must match between a committed notebook and its chapter: cell types and sources."""
     return [(c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source)) for c in nb.cells]
@@ -1246,6 +1257,7 @@ def build_notebooks(stems: list[str], execute_them: bool = True) -> None:
         if execute_them:
             execute_notebook(nb, NOTEBOOKS, stem)
             record_timing(stem, time.time() - start)
+            readable_outputs(nb, stem)
         out = NOTEBOOKS / f"{stem}.ipynb"
         _write_bytes(out, nbformat.writes(nb).encode("utf-8"))
         print(f"{out.relative_to(ROOT)}: {len(nb.cells)} cells, {time.time() - start:.0f} s")

@@ -188,3 +188,19 @@ def test_colab_links_come_from_the_one_place(root):
     assert url.endswith(f"/blob/{config['repo-branch']}/notebooks/costs.ipynb") and booktools.repo_slug() in url
     lua = (root / "chapters" / "assets" / "colab-link.lua").read_text(encoding="utf-8")
     assert 'book["repo-branch"]' in lua and "/blob/main/" not in lua
+
+
+def test_fit_code_reformats_only_long_statements(tmp_path):
+    import ast
+
+    chapter = tmp_path / "c.qmd"
+    long_call = "result = some_function(" + ", ".join(f"argument_{i}" for i in range(12)) + ")"
+    chapter.write_text("# C\n\n```{python}\n#| label: tbl-x\nshort = [1,2]\n" + long_call + "\n"
+                       "# " + "a long comment " * 8 + "\n```\n\nProse.\n", encoding="utf-8")
+    before = booktools.quarto_cells(chapter)[1].source
+    assert booktools.fit_code(chapter) == 2
+    after = booktools.quarto_cells(chapter)[1]
+    assert after.options == {"label": "tbl-x"} and after.source.startswith("short = [1,2]\n")  # untouched
+    assert max(len(line) for line in after.source.splitlines()) <= 88
+    assert ast.dump(ast.parse(after.source)) == ast.dump(ast.parse(before))
+    assert chapter.read_text(encoding="utf-8").endswith("```\n\nProse.\n")

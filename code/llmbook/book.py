@@ -254,7 +254,7 @@ def md_code(value: object) -> str:
 def _visible_length(cell: str) -> int:
     """Rough printed width of a Markdown table cell in characters (citations expand to author-year)."""
     text = re.sub(r"\[-?@[^\]]*\]", "x" * 24, cell)
-    text = re.sub(r"[`*_]|\\(?=[|\\])", "", text)
+    text = re.sub(r"`|\*\*|\\(?=[|\\])", "", text)  # markup that prints nothing; `_` may be a letter
     return len(text)
 
 
