@@ -1,4 +1,5 @@
-"""Chapter setup helpers: one call at the top of every chapter and notebook (BOOK_DESIGN section 2)."""
+"""Chapter helpers: one setup call at the top of every chapter and notebook (BOOK_DESIGN section 2), and
+what chapters use to show source, tables and text that fit the printed page."""
 
 from __future__ import annotations
 
