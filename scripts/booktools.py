@@ -210,9 +210,6 @@ def quarto_cells(path: Path) -> list[QCell]:
             option_lines.append(OPTION_LINE.match(lines.pop(0)).group(1))
         parsed = yaml.safe_load("\n".join(option_lines)) if option_lines else {}
         options = {k: v for k, v in (parsed or {}).items() if k in QUARTO_OPTION_KEYS}
-        if isinstance(options.get("fig-cap"), list) or options.get("output") not in (None, True, False, "asis"):
-            raise ValueError(f"{path.name}: fig-cap lists and output: {options.get('output')!r} are not modelled "
-                             f"by scripts/booktools.py (quarto_markdown)")
         metadata = {k: v for k, v in (parsed or {}).items() if k not in QUARTO_OPTION_KEYS and k != "id"}
         unknown = sorted(set(parsed or {}) - MODELLED_OPTIONS - {"id"})
         if unknown:
@@ -279,13 +276,10 @@ SETUP_CODE = (
 
 
 def kernel_env() -> dict[str, str]:
-    """Environment of the chapter kernel: quiet progress bars, Quarto's matplotlib backend, fixed hash
-    seed and figure dates."""
+    """Environment of the chapter kernel: quiet progress bars, Quarto's matplotlib backend."""
     env = dict(os.environ)
     env.update({"LLMBOOK_QUIET": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0"),
-                # matplotlib writes this date into SVG and PDF figures: fixed, so _freeze/ is reproducible
-                "SOURCE_DATE_EPOCH": env.get("SOURCE_DATE_EPOCH", "0")})
+                "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0")})
     return env
 
 
@@ -581,8 +575,6 @@ def code_cell_markdown(cell: QCell, fmt: OutputFormat, stem: str, warning: bool 
                                                       else base64.b64decode(raw_data.replace("\n", "")))
                     image = f"![{caption or ''}]({rel})"
                     attributes = [out_label] if out_label else []
-                    size = (output.get("metadata") or {}).get(mime) or {}
-                    attributes += [f"{key}={size[key]}" for key in ("width", "height") if size.get(key)]
                     for key in ("fig-align", "fig-env", "fig-alt", "fig-pos", "fig-scap"):
                         value = opts.get(key) or (fig_pos if key == "fig-pos" else None)
                         if value:

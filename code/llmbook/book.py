@@ -1,5 +1,4 @@
-"""Chapter helpers: one setup call at the top of every chapter and notebook (BOOK_DESIGN section 2), and
-what chapters use to show source, tables and text that fit the printed page."""
+"""Chapter setup helpers: one call at the top of every chapter and notebook (BOOK_DESIGN section 2)."""
 
 from __future__ import annotations
 
