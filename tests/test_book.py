@@ -125,3 +125,19 @@ def test_bibliography_entries_are_well_formed(root):
         body = re.sub(r"(?m)^%.*$", "", entry)
         assert body.count("{") == body.count("}"), f"references.bib: entry {key} has unbalanced braces"
         assert re.search(r"\btitle\s*=", body) and re.search(r"\byear\s*=", body), f"{key}: needs title and year"
+
+
+@pytest.mark.parametrize("hours, text", [(0.01, "36 s"), (0.5, "30 min"), (3.4, "3.4 h"), (47, "47 h"),
+                                         (24 * 5.2, "5.2 days"), (24 * 400, "400 days"), (24 * 365 * 3, "3 years")])
+def test_duration_picks_a_readable_unit(hours, text):
+    from llmbook.book import duration
+
+    assert duration(hours) == text
+
+
+@pytest.mark.parametrize("value, unit, text", [(430, "g", "430 g"), (12_000, "g", "12 kg"), (3.4e6, "g", "3.4 t"),
+                                               (2.5e9, "g", "2.5 kt"), (1.5e6, "Wh", "1.5 MWh"), (0.5, "Wh", "0.5 Wh")])
+def test_si_prefixes(value, unit, text):
+    from llmbook.book import si
+
+    assert si(value, unit) == text
