@@ -205,3 +205,18 @@ def test_md_table_fits_the_text_width():
     assert TABLE_WIDTH < 88
     with pytest.raises(ValueError, match="align"):
         md_table([[1, 2]], ["a", "b"], align="lx")
+
+@pytest.mark.parametrize("hours, text", [(0.01, "36 s"), (0.5, "30 min"), (3.4, "3.4 h"), (47, "47 h"),
+                                         (24 * 5.2, "5.2 days"), (24 * 400, "400 days"), (24 * 365 * 3, "3 years")])
+def test_duration_picks_a_readable_unit(hours, text):
+    from llmbook.book import duration
+
+    assert duration(hours) == text
+
+
+@pytest.mark.parametrize("value, unit, text", [(430, "g", "430 g"), (12_000, "g", "12 kg"), (3.4e6, "g", "3.4 t"),
+                                               (2.5e9, "g", "2.5 kt"), (1.5e6, "Wh", "1.5 MWh"), (0.5, "Wh", "0.5 Wh")])
+def test_si_prefixes(value, unit, text):
+    from llmbook.book import si
+
+    assert si(value, unit) == text

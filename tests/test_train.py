@@ -297,22 +297,49 @@ def test_cli_train_generate_export(tmp_path, capsys):
     assert "already holds checkpoints" in capsys.readouterr().err
 
 
-def test_measured_memory_matches_costs_model():
-    """Weights, gradients and AdamW state are exact; saved activations within 10% of llmbook.costs (fp32)."""
+MEMORY_SHAPES = {
+    "gpt2": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
+    "llama": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
+                       norm="rmsnorm", pos_emb="rope", bias=False, tie_weights=False),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MEMORY_SHAPES))
+@pytest.mark.parametrize("precision, autocast_dtype", [("fp32", None), ("amp", torch.bfloat16)])
+def test_measured_memory_matches_costs_model(shape, precision, autocast_dtype):
+    """Weights, gradients, AdamW state and autocast's weight copies are exact; saved activations within 2%.
+
+    "amp" is what the trainer does with precision = "bf16": fp32 weights, grads and moments under autocast.
+    """
     from llmbook import costs
     from llmbook.train.memory import measure_training_memory, saved_activation_bytes
     from llmbook.train.trainer import apply_activation_checkpointing
 
-    cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    cfg = MEMORY_SHAPES[shape]
     torch.manual_seed(0)
     model = GPT(cfg)
     x = torch.randint(0, 512, (4, 64))
-    got = measure_training_memory(model, torch.optim.AdamW(model.parameters()), x, x.roll(-1, 1))
-    want = costs.training_memory(cfg, 4, 64, precision="fp32")
+    got = measure_training_memory(model, torch.optim.AdamW(model.parameters()), x, x.roll(-1, 1), autocast_dtype)
+    want = costs.training_memory(cfg, 4, 64, precision=precision)
     assert (got.weights, got.gradients, got.optimizer) == (want.weights, want.gradients, want.optimizer)
-    assert got.activations == pytest.approx(want.activations, rel=0.1)
+    assert got.working_weights == want.working_weights  # 0 in fp32; a 16-bit copy of every matrix under autocast
+    assert got.activations == pytest.approx(want.activations, rel=0.02)
     apply_activation_checkpointing(model)
-    assert saved_activation_bytes(model, x, x.roll(-1, 1)) < got.activations / 3
+    assert saved_activation_bytes(model, x, x.roll(-1, 1), autocast_dtype) < got.activations / 2  # fp32 logits stay
+
+
+@pytest.mark.parametrize("shape", sorted(MEMORY_SHAPES))
+def test_sixteen_bit_forward_matches_zero3_activation_model(shape):
+    """FSDP2's MixedPrecisionPolicy computes in bf16 without autocast: the activations of a bf16 model."""
+    from llmbook import costs
+    from llmbook.train.memory import saved_activation_bytes
+
+    cfg = MEMORY_SHAPES[shape]
+    torch.manual_seed(0)
+    model = GPT(cfg).to(torch.bfloat16)
+    x = torch.randint(0, 512, (4, 64))
+    want = costs.training_memory(cfg, 4, 64, world_size=2, zero_stage=3, precision="amp").activations
+    assert saved_activation_bytes(model, x, x.roll(-1, 1)) == pytest.approx(want, rel=0.02)
 
 
 def test_z_loss_pulls_log_normaliser_to_zero(tmp_path, shards):

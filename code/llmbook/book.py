@@ -262,6 +262,29 @@ def _visible_length(cell: str) -> int:
 # wider ones get relative column widths so the typesetter wraps their cells within the text width.
 TABLE_WIDTH = 80
 
+def _two_digits(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2g}"
+
+
+def duration(hours: float) -> str:
+    """A time span in the unit a reader would use: '45 s', '12 min', '3.4 h', '5.2 days', '1.3 years'."""
+    seconds = hours * 3600
+    for limit, size, unit in ((90, 1, "s"), (90 * 60, 60, "min"), (48 * 3600, 3600, "h"),
+                              (730 * 86400, 86400, "days")):
+        if abs(seconds) < limit:
+            return f"{_two_digits(seconds / size)} {unit}"
+    return f"{_two_digits(seconds / (365 * 86400))} years"
+
+
+def si(value: float, unit: str) -> str:
+    """A quantity with an SI prefix: si(1.5e6, "Wh") -> '1.5 MWh'; grams of a million or more become tonnes."""
+    if unit == "g" and abs(value) >= 1e6:
+        return si(value / 1e6, "t")
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{_two_digits(value / scale)} {prefix}{unit}"
+    return f"{_two_digits(value)} {unit}"
+
 
 def md_table(rows: list[list[object]], headers: list[str], align: str | None = None):
     """A pipe table as a Markdown display object, so Quarto renders it natively in HTML and PDF.

@@ -47,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--zero", type=int, default=0, help="0 = DDP, 1/2/3 = ZeRO stage (3 = FSDP)")
     m.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per step")
     m.add_argument("--seq-len", type=int, help="tokens per sequence (default: the config's block_size)")
-    m.add_argument("--precision", choices=sorted(PRECISIONS), default="mixed")
+    m.add_argument("--precision", choices=sorted(PRECISIONS), default="mixed",
+                   help="mixed: DeepSpeed/Megatron's 16-bit weights and grads + fp32 master and moments "
+                        "(2+2+12 bytes/param, default); amp: llmbook train's autocast, fp32 weights, grads "
+                        "and moments (4+4+8) plus 16-bit working copies; fp32: no mixed precision")
     m.add_argument("--checkpointing", action="store_true", help="full activation checkpointing")
     m.add_argument("--no-flash", action="store_true", help="materialise attention scores (no FlashAttention)")
     m.add_argument("--json", action="store_true")
