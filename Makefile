@@ -17,11 +17,6 @@ export LLMBOOK_DATA
 export PYTHONHASHSEED := 0
 export LLMBOOK_QUIET := 1
 
-# Notebooks whose every output is deterministic: checked strictly by nbval; the rest are checked laxly.
-NOTEBOOKS_STRICT := notebooks/costs.ipynb
-NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
-NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
-
 .PHONY: book test venv notebooks check clean
 
 $(PY):
@@ -36,11 +31,13 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed-test
 
+# The unit, parity and chapter tests, then the notebooks (nbval) in a new venv with only the README's install
+# and no LLMBOOK_DATA: their data comes through the registry's downloads from the data folder served on
+# 127.0.0.1 (tests/test_fresh_runtime.py).
 test: export OMP_NUM_THREADS = 1
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
-	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
-	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests
+	LLMBOOK_TORCH="$(TORCH)" $(PY) -m pytest -q -m fresh_runtime tests/test_fresh_runtime.py
 
 book: $(VENV)/.installed-book
 	@command -v quarto >/dev/null 2>&1 || [ -x $(VENV)/bin/quarto ] || \

@@ -230,11 +230,6 @@ def fetch(relpath: str, progress: bool = True) -> Path:
     return obtain(entry, cache_root() / "data" / rel, progress=progress)
 
 
-def fetch_dataset(name: str, progress: bool = True) -> list[Path]:
-    """Every file of the data set `name`, fetched."""
-    return [fetch(f.path, progress=progress) for f in registry().dataset(name).files]
-
-
 def obtain(entry: DataFile, dest: Path, progress: bool = True) -> Path:
     """Download or rebuild `entry` into `dest`: from the mirror if one is set, else from its pinned sources."""
     mirror = mirror_url()
