@@ -326,7 +326,7 @@ def describe() -> list[dict]:
         present = [local(f.path) is not None for f in ds.files]
         rows.append({
             "name": ds.name, "title": ds.title, "files": [f.path for f in ds.files], "bytes": ds.size,
-            "licence": ds.licence, "citation": ds.citation, "source": ds.source,
+            "licence": ds.licence, "citation": ds.citation, "source": ds.source, "notes": ds.notes,
             "hub": None if ds.hub is None else {**ds.hub.__dict__},
             "local": "all" if present and all(present) else ("some" if any(present) else "none"),
         })
