@@ -17,11 +17,6 @@ export LLMBOOK_DATA
 export PYTHONHASHSEED := 0
 export LLMBOOK_QUIET := 1
 
-# Notebooks whose every output is deterministic: checked strictly by nbval; the rest are checked laxly.
-NOTEBOOKS_STRICT := notebooks/costs.ipynb
-NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
-NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
-
 # System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code).
 SYSTEM_PACKAGES := bubblewrap libseccomp2
 
@@ -59,11 +54,13 @@ sysdeps:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
 	echo "make sysdeps: apt-get could not install $$missing (tests that need them are skipped)"
 
+# The unit, parity and chapter tests, then the notebooks (nbval) in a new venv with only the README's install
+# and no LLMBOOK_DATA: their data comes through the registry's downloads from the data folder served on
+# 127.0.0.1 (tests/test_fresh_runtime.py).
 test: export OMP_NUM_THREADS = 1
 test: sysdeps $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
-	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
-	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests
+	LLMBOOK_TORCH="$(TORCH)" $(PY) -m pytest -q -m fresh_runtime tests/test_fresh_runtime.py
 
 # Quarto: the `quarto` on PATH (>= 1.9), else the quarto-cli package from PyPI in .venv (it downloads
 # Quarto when installed); otherwise stop and say how to install it. Chapters are not executed when

@@ -128,3 +128,11 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "at least 257" in capsys.readouterr().err
     assert main(["data", "prepare", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path), "--dedup", "fuzzy"]) == 2
     assert main(["data", "tokenize", "--tokenizer", str(tmp_path / "nope.json"), "--input", "x", "--out", str(tmp_path)]) == 2
+
+
+def test_prepare_takes_a_sample_of_a_named_corpus(data_dir, tmp_path, capsys):
+    assert main(["data", "prepare", "--input", "tinystories", "--max-docs", "7", "--dedup", "none",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["input_documents"] == 7
+    assert main(["data", "prepare", "--input", "tinystories", "--max-docs", "0", "--out", str(tmp_path)]) == 2
+    assert "--max-docs must be a positive number" in capsys.readouterr().err

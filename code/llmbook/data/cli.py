@@ -19,15 +19,27 @@ from llmbook.data.sources import SEPARATORS, load_inputs
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", action="append", required=True,
-                   help="corpus name (tinystories, wikitext2, ...) or file (.txt[.gz|.xz], .jsonl, .parquet); repeatable")
+                   help="corpus name (tinystories, wikitext2, gutenberg, fineweb-edu, ...) or file (.txt[.gz|.xz], .jsonl, .parquet); repeatable")
     p.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text (default text)")
     p.add_argument("--separator", choices=SEPARATORS, help="how plain text splits into documents (default paragraph)")
+    p.add_argument("--max-docs", type=int, help="read at most this many documents of each input (a sample of a large corpus)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="curate corpora and pack them into token shards",
-                              description="Curate text corpora (prepare) and tokenize them into shards (tokenize).")
-    sub = p.add_subparsers(dest="data_command", metavar="{prepare,tokenize}", required=True)
+    p = subparsers.add_parser("data", help="fetch data sets, curate corpora and pack them into token shards",
+                              description="Fetch the book's data sets (download), curate text corpora (prepare) "
+                                          "and tokenize them into shards (tokenize).")
+    sub = p.add_subparsers(dest="data_command", metavar="{download,prepare,tokenize}", required=True)
+
+    dl = sub.add_parser("download", help="fetch data sets of the registry into the cache, checked by sha256",
+                        description="Fetch data sets into the cache ($LLMBOOK_CACHE/data): from LLMBOOK_DATA_MIRROR "
+                                    "when set, else from their pinned sources. Files already in LLMBOOK_DATA or the "
+                                    "cache are not downloaded again.")
+    dl.add_argument("names", nargs="*", metavar="NAME", help="data set names, or data files as folder/file")
+    dl.add_argument("--all", action="store_true", help="every data set with files (hub corpora are streamed, not stored)")
+    dl.add_argument("--list", action="store_true", help="list the data sets with size and licence, download nothing")
+    dl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dl.set_defaults(func=run_download)
 
     prep = sub.add_parser("prepare", help="clean, filter, deduplicate and redact; writes curated.jsonl + report.json")
     _add_input_args(prep)
@@ -74,6 +86,57 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _max_docs(args: argparse.Namespace) -> int | None:
+    if args.max_docs is not None and args.max_docs < 1:
+        raise ValueError(f"--max-docs must be a positive number of documents, got {args.max_docs}")
+    return args.max_docs
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """`llmbook data download`: list the registry, or fetch data sets / files into the cache."""
+    from llmbook.data import registry
+
+    reg = registry.registry()
+    if args.list:
+        rows = registry.describe()
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        table = [[r["name"], str(len(r["files"])) if r["files"] else "hub",
+                  registry.human_size(r["bytes"]) if r["files"] else "sample", r["local"] if r["files"] else "-",
+                  r["licence"]] for r in rows]
+        headers = ["data set", "files", "size", "local", "licence"]
+        widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers[:-1])]
+        for row in [headers, *table]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        total = sum(r["bytes"] for r in rows)
+        print(f"{len(rows)} data sets, {registry.human_size(total)} in files; hub corpora are streamed to the "
+              f"sample size the caller asks for")
+        return 0
+    if args.all and args.names:
+        raise ValueError("give data set names or --all, not both")
+    if not args.all and not args.names:
+        raise ValueError("name the data sets to download (see --list), or pass --all")
+    names = [n for n, d in reg.datasets.items() if d.files] if args.all else args.names
+    paths = []
+    for name in names:
+        if "/" in name:
+            if name not in reg.files:
+                raise ValueError(f"unknown data file {name!r}; `llmbook data download --list --json` lists them")
+            paths.append(name)
+        elif not reg.dataset(name).files:
+            raise ValueError(f"{name} is streamed from the hub (read it with --input {name} --max-docs N), not stored")
+        else:
+            paths.extend(f.path for f in reg.dataset(name).files)
+    fetched = {p: str(registry.fetch(p)) for p in paths}
+    if args.json:
+        print(json.dumps(fetched, indent=2))
+    else:
+        for p, where in fetched.items():
+            print(f"{p}  ->  {where}")
+    return 0
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     dedup = [] if args.dedup == "none" else [d.strip() for d in args.dedup.split(",") if d.strip()]
     bad = [d for d in dedup if d not in DEDUP_METHODS]
@@ -86,7 +149,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         overrides["languages"] = tuple(x.strip() for x in args.languages.split(","))
     overrides.update(parse_overrides(args.set))
     skipped: Counter = Counter()
-    records = load_inputs(args.input, args.separator, args.text_field, skipped)
+    records = load_inputs(args.input, args.separator, args.text_field, skipped, _max_docs(args))
     kept, report = prepare(records, filters=args.filters, filter_config=FilterConfig(**overrides), dedup=dedup,
                            minhash=MinHashConfig(num_perm=args.num_perm, threshold=args.threshold), pii=args.pii,
                            skipped=skipped)
@@ -110,7 +173,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     if eos is None:
         raise ValueError(f"the tokenizer has no token {args.eos!r} to use as EOS (pass --eos)")
     skipped: Counter = Counter()
-    records = load_inputs(args.input, args.separator, args.text_field, skipped)
+    records = load_inputs(args.input, args.separator, args.text_field, skipped, _max_docs(args))
     literal_eos = 0
 
     def encode(text: str) -> list[int]:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from llmbook.cli import CLIError
 
 
-def _data_dir(value: str | None) -> Path:
-    value = value or os.environ.get("LLMBOOK_DATA")
-    if not value:
-        raise CLIError("no data directory: pass --data-dir or set LLMBOOK_DATA")
+def _data_dir(value: str | None) -> Path | None:
+    """An explicit benchmark folder, or None: the data registry then fetches each task's files."""
+    if value is None:
+        return None
     path = Path(value)
     if not path.is_dir():
         raise FileNotFoundError(f"data directory {path} does not exist")
@@ -156,7 +155,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Run benchmark tasks (default) or a subcommand.")
     _model_args(p, required=False)
     p.add_argument("--tasks", help="comma-separated task names, e.g. hellaswag,arc_easy")
-    p.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    p.add_argument("--data-dir", help="folder laid out like the data folder (default: the data registry)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per item (default 0)")
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and bootstrap seed")
@@ -196,7 +195,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("contamination", help="n-gram overlap between a training corpus and benchmark items")
     c.add_argument("--train", required=True, help="training corpus, UTF-8 text (documents separated by blank lines)")
     c.add_argument("--tasks", required=True, help="comma-separated task names")
-    c.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    c.add_argument("--data-dir", help="folder laid out like the data folder (default: the data registry)")
     c.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_contamination)

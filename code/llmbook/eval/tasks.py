@@ -1,8 +1,8 @@
 """Benchmark tasks as small data: a file, a prompt template, choices and an answer (@sec-evaluation-harness).
 
 Templates follow lm-evaluation-harness's defaults so scores are comparable with published tables. Each task
-reads the local JSONL/CSV copy under a data directory (the book's LLMBOOK_DATA); a malformed record raises
-an error that names the task, the file and the line.
+reads its JSONL/CSV file through the data registry (or from a folder laid out like the data folder); a
+malformed record raises an error that names the task, the file and the line.
 """
 
 from __future__ import annotations
@@ -40,12 +40,18 @@ class Task:
     metrics: tuple[str, ...] = ("acc", "acc_norm")
     fields: tuple[str, ...] = field(default_factory=tuple)
 
-    def load(self, data_dir: str | Path, fewshot: bool = False) -> list[dict]:
-        """Read the task's items (or its few-shot pool) and check every record has the fields it needs."""
+    def load(self, data_dir: str | Path | None = None, fewshot: bool = False) -> list[dict]:
+        """Read the task's items (or its few-shot pool) and check every record has the fields it needs.
+        The file comes from `data_dir` when given, else from the data registry (@sec-data-sources)."""
         rel = self.fewshot_path if fewshot else self.path
         if rel is None:
             raise ValueError(f"task {self.name!r} has no few-shot split")
-        path = Path(data_dir) / rel
+        if data_dir is None:
+            from llmbook.data.registry import fetch
+
+            path = fetch(rel)
+        else:
+            path = Path(data_dir) / rel
         if not path.is_file():
             raise FileNotFoundError(f"task {self.name!r}: data file {path} not found")
         docs = []

@@ -1,6 +1,6 @@
 """From a named corpus to packed token shards and rank-sharded loaders for the trainer (@sec-scale-trainer).
 
-The corpora are read with `llmbook.data.sources` (the local `$LLMBOOK_DATA` copy), a byte-level BPE is
+The corpora are read with `llmbook.data.sources` (files of the data registry), a byte-level BPE is
 trained on them with `llmbook.tokenizer`, and the documents are packed with `llmbook.data.pack`. The result is cached under `$LLMBOOK_CACHE` (default
 `~/.cache/llmbook`) in a folder named by the settings, so later runs start instantly.
 """
