@@ -26,7 +26,7 @@ def _read_text(path: str, flag: str) -> str:
     """The UTF-8 text of the file given to `flag`, or a one-line error naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{flag} {p}: no such file")
+        raise FileNotFoundError(f"{flag} file {p} not found")
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
