@@ -93,6 +93,13 @@ def test_data_tokenize_refuses_a_folder_it_did_not_write(ws, tmp_path, capsys):
     assert snapshot(tmp_path) == before and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
+def test_export_refuses_a_folder_that_is_not_a_model_folder(ws, tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("mine")
+    main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "'thesis.tex'",
+               "is not a model folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_out_in_a_read_only_folder_is_one_line(ws, tmp_path, name):
     command, argv = WRITERS[name]

@@ -82,3 +82,12 @@ def test_a_lock_of_an_unreachable_object_of_this_process_is_collected(tmp_path):
     del lock, cycle
     with run_lock(tmp_path):
         pass
+
+
+def test_checkpoints_and_evaluation_do_not_reach_into_the_data_package():
+    """The file helpers and the lock live in one neutral module: training and evaluation import it, not llmbook.data."""
+    code = ("import sys, llmbook.train.checkpoint, llmbook.train.trainer, llmbook.eval.harness; "
+            "print(sorted(m for m in sys.modules if m.startswith('llmbook.data')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    assert done.stdout.strip() == "[]"

@@ -210,8 +210,8 @@ def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None, dtype: 
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         except Exception as err:  # a full disk: safetensors reports it as "I/O error: ... (os error 28)"
-            code = err.errno if isinstance(err, OSError) else re.search(r"os error (\d+)", str(err))
-            code = code if isinstance(code, int) or code is None else int(code.group(1))
+            match = re.search(r"os error (\d+)", str(err))
+            code = err.errno if isinstance(err, OSError) else int(match.group(1)) if match else None
             if code is None:
                 raise
             raise OSError(code, os.strerror(code), str(out)) from None

@@ -92,7 +92,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy")
     parser.add_argument("--top-k", type=int, default=50, help="0 disables top-k truncation")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
