@@ -124,6 +124,15 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_output(ws, tmp_path, nam
     assert snapshot(tmp_path) == before  # no temp file, no lock file, no half-written output left
 
 
+def test_training_on_a_full_disk_names_the_metrics_file(ws, tmp_path):
+    """The metrics log outgrows the disk before the first checkpoint (a checkpoint write is tested in test_train.py)."""
+    run = tmp_path / "run"
+    done = run_llmbook("train", "--config", ws.cfg, "--out", run, "--train.steps=30", "--train.log_every=1",
+                       "--checkpoint.every=0", fsize=FULL_DISK)
+    assert_one_line_error(done.returncode, done.stderr, "train", f"{run / 'metrics.jsonl'}: File too large")
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]  # the lock is released, nothing else written
+
+
 def bad_files(root: Path) -> dict[str, Path]:
     files = {"bytes.json": b"\xff\xfe\x00garbage", "wrong.json": b'{"model": 1}', "bad.txt.xz": b"not xz data" * 20,
              "bad.txt.gz": b"not gzip data" * 20, "bad.parquet": b"not parquet data" * 20,

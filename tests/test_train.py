@@ -687,7 +687,7 @@ def test_two_trainings_into_one_run_directory(tmp_path, shards, capsys):
     first = subprocess.Popen([sys.executable, "-m", "llmbook", "train", "--config", str(cfg), "--out", str(run)],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(600):  # the lock is taken before the first step; wait until it trains
+        for _ in range(1200):  # the lock is taken before the first step; wait (up to 2 minutes) until it trains
             if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
                 break
             assert first.poll() is None, first.stderr.read()

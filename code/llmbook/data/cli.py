@@ -121,7 +121,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # `--out .` still names a folder with a parent to hold the lock
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory; refusing to replace a file")
     # the shard folder is replaced by a rename at the end, so its lock lives beside it

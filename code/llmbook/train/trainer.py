@@ -91,9 +91,12 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+            except OSError as err:  # a full disk: name the file (a failed write() names none)
+                raise OSError(err.errno, err.strerror, str(self.path)) from None
 
 
 def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
