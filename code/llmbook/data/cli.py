@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
-from llmbook.fileio import atomic_write, write_json
+from llmbook.fileio import atomic_write, output_dir, run_lock, write_json
 from llmbook.data.dedup import MinHashConfig
-from llmbook.data.filters import FilterConfig
+from llmbook.data.filters import LANGUAGES, FilterConfig
 from llmbook.data.pack import write_shards
 from llmbook.fileio import file_sha256
+from llmbook.data.pii import redact
 from llmbook.data.pipeline import DEDUP_METHODS, prepare
-from llmbook.data.sources import SEPARATORS, load_inputs
+from llmbook.data.sources import SEPARATORS, load_inputs, utf8_text
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -136,8 +138,17 @@ def run_download(args: argparse.Namespace) -> int:
             print(f"{p}  ->  {where}")
     return 0
 
+def _warn(command: str, message: str) -> None:
+    print(f"llmbook data {command}: warning: {message}", file=sys.stderr)
+
 
 def run_prepare(args: argparse.Namespace) -> int:
+    out = output_dir(args.out)
+    with run_lock(out):
+        return _prepare(args, out)
+
+
+def _prepare(args: argparse.Namespace, out: Path) -> int:
     dedup = [] if args.dedup == "none" else [d.strip() for d in args.dedup.split(",") if d.strip()]
     bad = [d for d in dedup if d not in DEDUP_METHODS]
     if bad:
@@ -146,18 +157,25 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.min_words is not None:
         overrides["min_words"] = args.min_words
     if args.languages:
-        overrides["languages"] = tuple(x.strip() for x in args.languages.split(","))
+        overrides["languages"] = tuple(x.strip() for x in args.languages.split(",") if x.strip())
+        unknown = [code for code in overrides["languages"] if code not in LANGUAGES]
+        if unknown:
+            _warn("prepare", f"--languages {','.join(unknown)}: not a language the identifier knows "
+                             f"({', '.join(LANGUAGES)}); the language filter removes every document in it")
     overrides.update(parse_overrides(args.set))
     skipped: Counter = Counter()
     records = load_inputs(args.input, args.separator, args.text_field, skipped, _max_docs(args))
     kept, report = prepare(records, filters=args.filters, filter_config=FilterConfig(**overrides), dedup=dedup,
                            minhash=MinHashConfig(num_perm=args.num_perm, threshold=args.threshold), pii=args.pii,
                            skipped=skipped)
-    out = Path(args.out)
-    report["inputs"] = [str(i) for i in args.input]
+    report["inputs"] = [redact(str(i))[0] if args.pii else str(i) for i in args.input]
     atomic_write(out / "curated.jsonl",
                  lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     write_json(out / "report.json", report)
+    language = report["filters"]["filters"].get("language", {}).get("documents", 0)
+    if report["kept_documents"] == 0 and language:
+        _warn("prepare", f"every document was removed, {language} of them by the language filter "
+                         f"(languages {', '.join(FilterConfig(**overrides).languages)})")
     removed = ", ".join(f"{k} {v}" for k, v in report["removed"].items())
     print(f"input {report['input_documents']} documents -> kept {report['kept_documents']} (removed: {removed})")
     print(f"wrote {out / 'curated.jsonl'} and {out / 'report.json'}")
@@ -165,6 +183,15 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()  # `--out .` still names a folder with a parent to hold the lock
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory; refusing to replace a file")
+    # the shard folder is replaced by a rename at the end, so its lock lives beside it
+    with run_lock(output_dir(out.parent, "--out's parent"), name=f".{out.name}.lock"):
+        return _tokenize(args, out)
+
+
+def _tokenize(args: argparse.Namespace, out: Path) -> int:
     from llmbook.tokenizer.hf import load_hf_tokenizer, tokenizer_file
 
     tok_path = tokenizer_file(args.tokenizer)  # a folder means its tokenizer.json: load and hash the same file
@@ -176,20 +203,30 @@ def run_tokenize(args: argparse.Namespace) -> int:
     records = load_inputs(args.input, args.separator, args.text_field, skipped, _max_docs(args))
     literal_eos = 0
 
+    repaired: Counter = Counter()
+
+    def texts():
+        for rec in records:
+            text = utf8_text(rec["text"])  # tokenizers take valid Unicode only: bad bytes become U+FFFD, counted
+            if text is not rec["text"]:
+                repaired[rec.get("source", "unknown")] += 1
+            yield {**rec, "text": text}
+
     def encode(text: str) -> list[int]:
-        # `tokenizers` always matches added tokens, so a literal EOS string in a document becomes the EOS id:
-        # count such documents so the manifest shows it.
+        # a literal EOS string in a document is encoded as text (load_hf_tokenizer); the EOS id comes only from
+        # write_shards, after each document. The manifest counts such documents.
         nonlocal literal_eos
         literal_eos += args.eos in text
         return tok.encode(text, add_special_tokens=False).ids
 
-    manifest = write_shards(records, encode, args.out, eos_id=eos,
+    manifest = write_shards(texts(), encode, out, eos_id=eos,
                             shard_tokens=args.shard_tokens, tokenizer_hash=file_sha256(tok_path),
                             vocab_size=tok.get_vocab_size(), val_fraction=args.val_fraction)
-    if skipped or literal_eos:
+    if skipped or literal_eos or repaired:
         manifest["unreadable"] = dict(skipped)
         manifest["documents_with_literal_eos"] = literal_eos
-        write_json(Path(args.out) / "manifest.json", manifest)
+        manifest["documents_with_invalid_utf8"] = dict(repaired)
+        write_json(out / "manifest.json", manifest)
     splits = manifest["splits"]
     print(f"{manifest['documents']} documents, {manifest['tokens']:,} tokens ({manifest['dtype']}): "
           f"train {splits['train']['tokens']:,} in {len(splits['train']['shards'])} shards, "

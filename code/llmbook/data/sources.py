@@ -14,6 +14,7 @@ import itertools
 import json
 import lzma
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -53,6 +54,25 @@ def _record(source: str, index: int, text: str, **extra: Any) -> Record:
     if bad:
         rec["encoding_errors"] = bad
     return rec
+
+
+def utf8_text(text: str) -> str:
+    """`text` with every byte that was not valid UTF-8 (a surrogate escape of the readers, or a lone surrogate
+    from JSON) replaced by U+FFFD, so tokenizers that only take valid Unicode can encode it."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
+def _named_errors(path: Path, records: Iterator[Record]) -> Iterator[Record]:
+    """Re-raise a reader's failure on a damaged file (bad gzip, xz or Parquet data) as a ValueError naming it."""
+    try:
+        yield from records
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
+        if str(path) in str(err):  # our readers' own errors already name the file and line
+            raise
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ValueError(f"{path}: cannot read it as {''.join(path.suffixes[-2:]) or 'text'} data ({detail})") from None
 
 
 def split_documents(lines: Iterable[str], separator: str) -> Iterator[str]:
@@ -240,11 +260,11 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
         raise FileNotFoundError(f"{key}: no such file, and not a corpus name ({', '.join(sorted(set(NAMED) | set(hub)))})")
     suffixes = "".join(path.suffixes[-2:])
     if path.suffix in (".jsonl", ".json") or suffixes in (".jsonl.gz", ".jsonl.xz"):
-        records = read_jsonl(path, text_field, skips=skips)
+        records = _named_errors(path, read_jsonl(path, text_field, skips=skips))
     elif path.suffix == ".parquet":
-        records = read_parquet(path, text_field, skips=skips)
+        records = _named_errors(path, read_parquet(path, text_field, skips=skips))
     else:
-        records = read_text(path, separator or "paragraph")
+        records = _named_errors(path, read_text(path, separator or "paragraph"))
     return itertools.islice(records, max_docs)
 
 

@@ -39,6 +39,8 @@ def mean_stderr(values: Sequence[float]) -> float:
 def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, iters: int = 1000,
                  alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic` over items resampled with replacement."""
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"bootstrap iterations must be a positive integer, got {iters!r}")
     v = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     stats = [statistic(v[rng.integers(0, len(v), len(v))]) for _ in range(iters)]
@@ -123,6 +125,10 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path | None
                          "(greedy samples are identical, not independent)")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if bootstrap_iters < 1:
+        raise ValueError(f"bootstrap_iters must be >= 1, got {bootstrap_iters}")
     all_docs = task.load(data_dir)
     docs = all_docs[:limit] if limit is not None else all_docs
     rng = random.Random(seed)

@@ -55,20 +55,28 @@ class Task:
         if not path.is_file():
             raise FileNotFoundError(f"task {self.name!r}: data file {path} not found")
         docs = []
-        if path.suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                for lineno, row in enumerate(csv.DictReader(f), start=2):
-                    docs.append(self._check(row, path, lineno))
-        else:
-            with path.open(encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"task {self.name!r}: {path}:{lineno}: invalid JSON ({err.msg})") from err
-                    docs.append(self._check(doc, path, lineno))
+        try:
+            if path.suffix == ".csv":
+                with path.open(newline="", encoding="utf-8") as f:
+                    for lineno, row in enumerate(csv.DictReader(f), start=2):
+                        docs.append(self._check(row, path, lineno))
+            else:
+                with path.open(encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, start=1):
+                        if not line.strip():
+                            continue
+                        try:
+                            doc = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise ValueError(f"task {self.name!r}: {path}:{lineno}: invalid JSON ({err.msg})") from err
+                        if not isinstance(doc, dict):
+                            raise ValueError(f"task {self.name!r}: {path}:{lineno}: not a JSON object")
+                        docs.append(self._check(doc, path, lineno))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"task {self.name!r}: {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                             f"offset {err.start})") from None
+        if not docs:
+            raise ValueError(f"task {self.name!r}: data file {path} holds no items")
         return docs
 
     def _check(self, doc: dict, path: Path, lineno: int) -> dict:

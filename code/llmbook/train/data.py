@@ -54,6 +54,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
             raise FileNotFoundError(f"[data] shard_dir {path} holds no {MANIFEST}")
         return path
     from llmbook.tokenizer import train_hf_tokenizer
+    from llmbook.tokenizer.hf import special_tokens_as_text
 
     key = json.dumps([cfg.datasets, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction])
     out = cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -65,6 +66,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
     try:
         tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
         atomic_write_text(tmp / "tokenizer.json", tokenizer.to_str())
+        special_tokens_as_text(tokenizer)  # a literal <|endoftext|> in a document is text; EOS comes from the packer
         write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, tmp, eos_id=tokenizer.token_to_id(EOS),
                      vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
                      tokenizer_hash=file_sha256(tmp / "tokenizer.json"), progress=progress)
