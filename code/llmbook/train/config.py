@@ -15,6 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZERS = ("adamw", "muon")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 ON_BAD_STEP = ("skip", "stop")
 
@@ -76,8 +77,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW hyper-parameters and the learning-rate schedule (@sec-scale-stability)."""
+    """AdamW (or Muon) hyper-parameters and the learning-rate schedule (@sec-scale-stability)."""
 
+    name: str = "adamw"  # "muon": Muon for the blocks' weight matrices, AdamW for the rest (llmbook.train.optim)
+    muon_momentum: float = 0.95
     lr: float = 3e-4
     min_lr: float = 3e-5
     weight_decay: float = 0.1
@@ -94,6 +97,9 @@ class OptimConfig:
         _positive("optim", self, "lr", "eps")
         _positive("optim", self, "min_lr", "weight_decay", "warmup_steps", "grad_clip", allow_zero=True)
         _choice("optim", "schedule", self.schedule, SCHEDULES)
+        _choice("optim", "name", self.name, OPTIMIZERS)
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"[optim] muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
         if self.min_lr > self.lr:
             raise ValueError(f"[optim] min_lr={self.min_lr} must not exceed lr={self.lr}")
         for name in ("beta1", "beta2"):

@@ -1,4 +1,5 @@
-"""AdamW with decay/no-decay parameter groups and warmup + cosine or WSD schedules (@sec-scale-stability)."""
+"""AdamW (or Muon with AdamW) with decay/no-decay parameter groups and warmup + cosine or WSD schedules
+(@sec-scale-stability)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,61 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; the fused kernel is used on CUDA."""
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon [@jordan2024muon] for the weight matrices inside the transformer blocks, AdamW for everything else
+    (embeddings, output head, norms, biases), presented as one optimizer to the trainer and its checkpoints.
+
+    Muon replaces each matrix's momentum by the nearest semi-orthogonal matrix (five Newton-Schulz
+    iterations), so every direction of the update moves by the same amount. PyTorch's implementation is
+    used with the `match_rms_adamw` scaling of [@liu2025muon], which sizes the update like AdamW's, so one
+    learning rate, schedule and weight decay serve both halves.
+    """
+
+    def __init__(self, muon_params: list[torch.Tensor], adamw_groups: list[dict], lr: float, weight_decay: float,
+                 momentum: float, betas: tuple[float, float], eps: float):
+        self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                     nesterov=True, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps)
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {})  # the same group dicts: set_lr reaches both
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError(f"not a MuonAdamW state (keys {sorted(state_dict)}); was the run trained with AdamW?")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+
+def muon_split(model: nn.Module, weight_decay: float) -> tuple[list[torch.Tensor], list[dict]]:
+    """The 2-D weights of `model.blocks` (for Muon) and `param_groups` of everything else (for AdamW)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError("[optim] name='muon' needs a model with transformer blocks in `model.blocks`")
+    muon = [p for p in blocks.parameters() if p.requires_grad and p.ndim == 2]
+    chosen = {id(p) for p in muon}
+    groups = [{**g, "params": [p for p in g["params"] if id(p) not in chosen]} for g in param_groups(model, weight_decay)]
+    return muon, [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW over `param_groups` (the fused kernel on CUDA), or `MuonAdamW` when `cfg.name == "muon"`."""
+    if cfg.name == "muon":
+        muon, groups = muon_split(model, cfg.weight_decay)
+        return MuonAdamW(muon, groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                         betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.eps, fused=fused)
 
