@@ -92,6 +92,58 @@ def test_param_groups_exclude_norms_biases_embeddings():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 
+def test_muon_adamw_steps_like_torch_muon_and_adamw_side_by_side():
+    """`optim.name='muon'`: PyTorch's Muon on the blocks' matrices and AdamW on the rest, stepped as one optimizer,
+    with the learning rate the schedule sets reaching both halves."""
+    import copy
+
+    from llmbook.train.optim import MuonAdamW, build_optimizer, muon_split, set_lr
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    twin = copy.deepcopy(model)
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-2, weight_decay=0.1))
+    assert isinstance(opt, MuonAdamW)
+    muon, groups = muon_split(twin, 0.1)
+    names = {id(p): n for n, p in twin.named_parameters()}
+    assert {names[id(p)] for p in muon} == {n for n, p in twin.named_parameters() if n.startswith("blocks.") and p.ndim == 2}
+    assert sum(len(g["params"]) for g in groups) + len(muon) == len(list(twin.parameters()))
+    peers = [torch.optim.Muon(muon, lr=1e-2, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw"),
+             torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)]
+    x = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
+    for step in range(3):
+        for o in [opt, *peers]:
+            set_lr(o, 1e-2 * (step + 1) / 3)
+        for m in (model, twin):
+            m(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        for o in peers:
+            o.step()
+            o.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    assert {g["lr"] for g in opt.param_groups} == {1e-2}
+    fresh = build_optimizer(model, OptimConfig(name="muon", lr=1e-2))
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.param_groups[0] is fresh.muon.param_groups[0] and len(fresh.param_groups) == len(opt.param_groups)
+    with pytest.raises(ValueError, match="not a MuonAdamW state"):
+        fresh.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
+
+
+def test_muon_resume_is_bit_exact_and_fsdp_is_refused(tmp_path, shards):
+    over = ["train.steps=8", "train.eval_every=4", "optim.name=muon"]
+    Trainer(make_cfg(tmp_path, shards, over), tmp_path / "full").fit()
+    Trainer(make_cfg(tmp_path, shards, over), tmp_path / "split").fit(until=4)
+    Trainer(make_cfg(tmp_path, shards, over), tmp_path / "split", resume=True).fit()
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"\[optim\] name='adam' is not one of"):
+        make_cfg(tmp_path, shards, ["optim.name=adam"])
+    with pytest.raises(ValueError, match="name='muon' needs whole weight matrices"):
+        make_cfg(tmp_path, shards, over + ["parallel.mode=fsdp"])
+
+
 # ------------------------------------------------------------------ the loop
 
 

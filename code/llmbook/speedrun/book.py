@@ -52,9 +52,9 @@ class BookModel:
         return self.config.train.steps
 
     def held_out(self, max_docs: int = 40, max_chars: int = 2000) -> list[str]:
-        """Held-out text the model never trained on, as up to `max_docs` documents of at most about `max_chars`
-        characters: pieces of the speedrun's held-out books (taken from each book in turn), or the validation
-        documents of the `cpu-tiny` run."""
+        """Up to `max_docs` documents of held-out text the model never trained on: pieces of at most `max_chars`
+        characters cut from the speedrun's held-out books (one from each book in turn), or the validation
+        stories of the `cpu-tiny` run, whole."""
         if self.speedrun is not None:
             from llmbook.speedrun.stages import chunk_document, read_jsonl
 
@@ -64,7 +64,7 @@ class BookModel:
             return [x[i] for i in range(longest) for x in pieces if i < len(x)][:max_docs]
         from llmbook.eval.checkpoints import held_out_documents
 
-        return [d[:max_chars] for d in held_out_documents(self.config.data)[:max_docs]]
+        return held_out_documents(self.config.data)[:max_docs]
 
 
 def _run_config(run_dir: Path):

@@ -206,6 +206,9 @@ class RunConfig:
             if bad:
                 raise ValueError(f"{source}: unknown field(s) {bad} in [{name}]; known: {sorted(known)}")
             kwargs[name] = klass(**table)
+        if kwargs["optim"].name == "muon" and kwargs["parallel"].mode == "fsdp":
+            raise ValueError(f"{source}: [optim] name='muon' needs whole weight matrices; use [parallel] mode "
+                             "'none' or 'ddp'")
         return cls(**kwargs)
 
     def model_config(self):

@@ -147,8 +147,6 @@ class Trainer:
             get_gpu(cfg.train.gpu)  # an unknown name fails now, not at the first log line
         if cfg.parallel.mode == "fsdp" and cfg.train.precision == "fp16":
             raise ValueError("[train] precision='fp16' needs a sharded grad scaler; use 'bf16' with parallel.mode='fsdp'")
-        if cfg.parallel.mode == "fsdp" and cfg.optim.name == "muon":
-            raise ValueError("[optim] name='muon' needs whole weight matrices; use parallel.mode='none' or 'ddp'")
         self.ckpt_root = self.out_dir / "checkpoints"
         if loaders is None:
             from llmbook.train.data import token_loaders
