@@ -22,8 +22,9 @@ NOTEBOOKS_STRICT := notebooks/costs.ipynb
 NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
 NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-# System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code).
-SYSTEM_PACKAGES := bubblewrap libseccomp2
+# System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code);
+# chromium runs the model explorer page in a real browser (@sec-architecture-explorer).
+SYSTEM_PACKAGES := bubblewrap libseccomp2 chromium
 
 .PHONY: book book-latex test venv notebooks freeze check clean sysdeps
 
