@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from llmbook.cli import main
-from llmbook.explore import (DEFAULT_PROMPTS, MAX_PROMPTS, MAX_TOKENS, encode_prompts, explorer_data, iframe_markdown,
-                             readable, render_html, token_bytes, token_piece, trace, write_explorer)
+from llmbook.explore import (DEFAULT_PROMPTS, MAX_PROMPTS, MAX_TOKENS, Embedded, encode_prompts, explorer_data, iframe,
+                             plot_attention_and_lens, readable, render_html, token_bytes, token_piece, trace,
+                             write_explorer)
 from llmbook.model import GPT, GPTConfig
 from llmbook.train import checkpoint as ckpt
 from train_fixtures import config_text, synthetic_texts
@@ -224,6 +225,28 @@ def test_prompts_are_checked(tokenizer):
         explorer_data(tiny(), tokenizer, ["a cat"], top_k=0)
 
 
+def test_static_figure_shows_the_page_data(tokenizer):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = explorer_data(tiny(sharp=True), tokenizer, PROMPTS[:2])
+    fig = plot_attention_and_lens(data, 1, layer=1, head=2)
+    attn_ax, lens_ax = fig.axes[:2]  # then the colour bar
+    entry = data["prompts"][1]
+    shown = attn_ax.images[0].get_array().filled(np.nan)
+    for q, row in enumerate(entry["attn"][1][2]):
+        assert shown[q, : q + 1].tolist() == [w / 1000 for w in row] and np.isnan(shown[q, q + 1:]).all()
+    assert lens_ax.images[0].get_array().tolist() == [[cell[0] for cell in layer] for layer in entry["lens"]["p"]]
+    pieces = [data["vocab"][str(i)][0] for i in entry["ids"]]
+    assert [t.get_text() for t in lens_ax.get_xticklabels()] == pieces
+    assert [t.get_text() for t in lens_ax.texts][: len(pieces)] == [
+        data["vocab"][str(layer0[0])][0] for layer0 in entry["lens"]["ids"][0]]
+    plt.close(fig)
+
+
 HOSTILE = "</script><img src=x onerror=pwned=1>{{DATA}}"  # within MAX_TOKENS of the near-byte-level test vocabulary
 
 
@@ -235,9 +258,9 @@ def test_page_is_one_file_that_loads_nothing(tokenizer):
     assert not re.search(r"\b(src|href)\s*=|@import|url\(", head + tail), "the page loads a resource"
     assert page.count("</script>") == 2 and "</" not in payload
     assert json.loads(payload)["prompts"][2]["text"] == HOSTILE
-    block = iframe_markdown(page, "Explorer")
-    assert block.startswith("```{=html}\n<iframe ") and 'sandbox="allow-scripts"' in block
-    assert page not in block and "&lt;/script&gt;" in block  # the page is escaped into the srcdoc attribute
+    frame = Embedded(page, "Explorer")._repr_html_()
+    assert frame == iframe(page, "Explorer") and frame.startswith("<iframe ") and 'sandbox="allow-scripts"' in frame
+    assert page not in frame and "&lt;/script&gt;" in frame  # the page is escaped into the srcdoc attribute
 
 
 # -------------------------------------------------------------------------------------------------- CLI

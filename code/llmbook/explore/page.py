@@ -128,10 +128,22 @@ def write_explorer(path: str | Path, data: dict[str, Any], title: str | None = N
     return atomic_write(path, lambda f: f.write(text))
 
 
-def iframe_markdown(page: str, title: str, height: int = 820) -> str:
-    """A raw-HTML Markdown block that embeds `page` in a sandboxed iframe (`srcdoc`): the page's scripts run in
-    an opaque origin, apart from the document around it, and no file beside the document is needed."""
-    frame = (f'<iframe title="{html.escape(title)}" sandbox="allow-scripts" loading="lazy" '
-             f'style="width:100%;height:{int(height)}px;border:1px solid #c8c8c8" srcdoc="{html.escape(page, quote=True)}">'
-             "</iframe>")
-    return f"```{{=html}}\n{frame}\n```\n"
+def iframe(page: str, title: str, height: int = 820) -> str:
+    """An iframe that holds `page` in its `srcdoc`, sandboxed: the page's scripts run in an opaque origin, apart
+    from the document around it, and no file beside that document is needed."""
+    return (f'<iframe title="{html.escape(title)}" sandbox="allow-scripts" loading="lazy" '
+            f'style="width:100%;height:{int(height)}px;border:1px solid #c8c8c8" srcdoc="{html.escape(page, quote=True)}">'
+            "</iframe>")
+
+
+class Embedded:
+    """The page shown inline by Jupyter and by Quarto's HTML output (as `text/html`), with a short text form."""
+
+    def __init__(self, page: str, title: str, height: int = 820) -> None:
+        self.page, self.title, self.height = page, title, height
+
+    def _repr_html_(self) -> str:
+        return iframe(self.page, self.title, self.height)
+
+    def __repr__(self) -> str:
+        return f"{self.title} (an interactive page, shown in HTML and in notebooks)"

@@ -62,3 +62,12 @@ def trace(model: GPT, ids: Sequence[int]) -> Trace:
     residuals = torch.cat(stream)  # (n_layer + 1, T, C): batch of one
     return Trace(ids, torch.cat(weights).float().cpu(), residuals.float().cpu(),
                  logit_lens(model, residuals).cpu())
+
+
+def previous_token_scores(attention: Tensor) -> Tensor:
+    """Mean attention weight each head (n_layer, n_head) puts on the token just before the query, over queries
+    1..T-1: near 1 for a "previous-token head", about 1/position for uniform attention."""
+    t = attention.shape[-1]
+    if t < 2:
+        raise ValueError("previous-token scores need at least two tokens")
+    return attention.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
