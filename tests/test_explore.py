@@ -22,6 +22,7 @@ from llmbook.cli import main
 from llmbook.explore import (DEFAULT_PROMPTS, MAX_PROMPTS, MAX_TOKENS, Embedded, encode_prompts, explorer_data, iframe,
                              plot_attention_and_lens, readable, render_html, token_bytes, token_piece, trace,
                              write_explorer)
+from llmbook.explore.trace import previous_token_scores
 from llmbook.model import GPT, GPTConfig
 from llmbook.train import checkpoint as ckpt
 from train_fixtures import config_text, synthetic_texts
@@ -35,7 +36,8 @@ VARIANTS = {
     "post-norm-sinusoidal": dict(norm_position="post", pos_emb="sinusoidal"),
     "sliding-window": dict(pos_emb="rope", sliding_window=5),
 }
-UNICODE = ["Caf\u00e9 cr\u00e8me, na\u00efve \u00fcber.", "\u65e5\u672c\u8a9e\u306e\u6587\u3002", "Snow \u2603 and tea \U0001f375."]
+UNICODE = ["Caf\u00e9 cr\u00e8me, na\u00efve \u00fcber.", "\u65e5\u672c\u8a9e\u306e\u6587\u3002",
+           "Snow \u2603 and tea \U0001f375."]
 PROMPTS = [DEFAULT_PROMPTS[0], "the cat sat on a mat and the dog sat on the mat", UNICODE[0] + " " + UNICODE[2],
            "line one\nline two\twith a tab"]
 PROB_REL = 5e-3  # 3 significant digits
@@ -162,6 +164,19 @@ def test_trace_leaves_the_model_as_it_found_it():
         trace(model, [])
 
 
+def test_previous_token_scores():
+    t = 6
+    attention = torch.zeros(1, 2, t, t)
+    attention[0, 0, 0, 0] = 1
+    attention[0, 0, torch.arange(1, t), torch.arange(t - 1)] = 1  # a previous-token head
+    attention[0, 1] = torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1)[:, None]  # uniform over the visible tokens
+    scores = previous_token_scores(attention)
+    assert scores[0, 0].item() == 1
+    assert scores[0, 1].item() == pytest.approx(sum(1 / (q + 1) for q in range(1, t)) / (t - 1))
+    with pytest.raises(ValueError, match="at least two tokens"):
+        previous_token_scores(torch.ones(1, 1, 1, 1))
+
+
 # ----------------------------------------------------------------------------------------------- tokens
 def test_pieces_show_the_tokens_bytes(tokenizer):
     for text in UNICODE + PROMPTS:
@@ -180,7 +195,8 @@ def test_pieces_show_the_tokens_bytes(tokenizer):
 def test_page_data_is_the_trace_rounded(tokenizer):
     model = tiny(sharp=True, **VARIANTS["llama-gqa-rope"])
     data = explorer_data(model, tokenizer, PROMPTS, top_k=7, name="tiny", step=3)
-    assert data["model"]["n_layer"] == 2 and data["model"]["params"] == model.num_params() and data["model"]["step"] == 3
+    info = data["model"]
+    assert info["n_layer"] == 2 and info["params"] == model.num_params() and info["step"] == 3
     for text, entry in zip(PROMPTS, data["prompts"]):
         ids = tokenizer.encode(text).ids
         assert entry["ids"] == ids and entry["text"] == text
@@ -191,7 +207,8 @@ def test_page_data_is_the_trace_rounded(tokenizer):
         for row, ref in zip(entry["next"]["p"], top.values.tolist()):
             assert row == pytest.approx(ref, rel=PROB_REL)
             assert all(len(f"{p:.6e}".split("e")[0].rstrip("0").replace(".", "").lstrip("0")) <= 3 for p in row)
-        assert entry["actual"] == pytest.approx([probs[i, ids[i + 1]].item() for i in range(len(ids) - 1)], rel=PROB_REL)
+        actual = [probs[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+        assert entry["actual"] == pytest.approx(actual, rel=PROB_REL)
         for layer in range(2):
             for head in range(4):
                 rows = entry["attn"][layer][head]
@@ -202,7 +219,7 @@ def test_page_data_is_the_trace_rounded(tokenizer):
                     assert max(abs(w / 1000 - x) for w, x in zip(r, ref)) <= ATTN_ABS
         lens = t.lens_logits.softmax(-1).topk(5, dim=-1)
         assert entry["lens"]["ids"] == lens.indices.tolist()
-        assert entry["lens"]["ids"][-1] == [row[:5] for row in entry["next"]["ids"]]  # the last lens layer is the output
+        assert entry["lens"]["ids"][-1] == [row[:5] for row in entry["next"]["ids"]]  # the last layer: the output
     pieces = {i: token_piece(tokenizer, i) for e in data["prompts"] for i in e["ids"]}
     assert all(data["vocab"][str(i)][0] == p for i, p in pieces.items())
     the = tokenizer.token_to_id("\u0120the")  # " the" in GPT-2's byte-to-character map
@@ -215,7 +232,8 @@ def test_prompts_are_checked(tokenizer):
     with pytest.raises(ValueError, match="prompt 2: empty prompt"):
         encode_prompts(tokenizer, ["a cat", "   "], 64)
     long = " the" * (MAX_TOKENS + 1)  # one token per " the"
-    with pytest.raises(ValueError, match=f"here.txt line 7: {MAX_TOKENS + 1} tokens; the explorer takes at most {MAX_TOKENS}"):
+    with pytest.raises(ValueError, match=f"here.txt line 7: {MAX_TOKENS + 1} tokens; the explorer takes at most "
+                                         f"{MAX_TOKENS}"):
         encode_prompts(tokenizer, [long], 1024, where=["here.txt line 7"])
     with pytest.raises(ValueError, match="at most 16 .*model context 16"):
         encode_prompts(tokenizer, [" the" * 17], 16)
@@ -324,7 +342,8 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
         assert "no valid checkpoint found in" in error(checkpoint=tmp_path / "broken")
     assert "p.txt has no prompts" in error("--prompts", prompts("\n  \n"))
     assert "p.txt: not UTF-8 text (byte 4" in error("--prompts", prompts(b"cat \xff dog\n"))
-    assert f"p.txt line 2: {MAX_TOKENS + 1} tokens" in error("--prompts", prompts("a cat\n" + " the" * (MAX_TOKENS + 1) + "\n"))
+    overlong = prompts("a cat\n" + " the" * (MAX_TOKENS + 1) + "\n")
+    assert f"p.txt line 2: {MAX_TOKENS + 1} tokens" in error("--prompts", overlong)
     assert f"has {MAX_PROMPTS + 1} prompts" in error("--prompts", prompts("a cat\n" * (MAX_PROMPTS + 1)))
     assert f"prompts file {tmp_path / 'none.txt'} does not exist" in error("--prompts", str(tmp_path / "none.txt"))
     assert "--top-k must be between 1 and 50, got 0" in error("--top-k", "0")

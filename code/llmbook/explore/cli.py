@@ -22,7 +22,8 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"prompts file {p}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})") from None
+        bad = raw[err.start:err.start + 1]
+        raise ValueError(f"prompts file {p}: not UTF-8 text (byte {err.start}: {bad!r})") from None
     prompts, where = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():

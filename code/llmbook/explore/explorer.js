@@ -25,8 +25,9 @@
   // ------------------------------------------------------------------------------------------ model and prompts
   function describeModel() {
     const m = DATA.model;
-    const parts = [m.name, m.n_layer + " layers", m.n_head + " heads" + (m.n_kv_head !== m.n_head ? " (" + m.n_kv_head + " key/value heads)" : ""),
-      "width " + m.n_embd, "vocabulary " + m.vocab_size, "context " + m.block_size, m.params.toLocaleString("en") + " parameters"];
+    const heads = m.n_head + " heads" + (m.n_kv_head !== m.n_head ? " (" + m.n_kv_head + " key/value heads)" : "");
+    const parts = [m.name, m.n_layer + " layers", heads, "width " + m.n_embd, "vocabulary " + m.vocab_size,
+      "context " + m.block_size, m.params.toLocaleString("en") + " parameters"];
     if (m.step !== null && m.step !== undefined) parts.splice(1, 0, "step " + m.step);
     $("model-info").textContent = parts.join(" \u00b7 ");
   }
@@ -52,7 +53,8 @@
     } else if (text.length) {
       status.classList.add("warn");
       status.textContent = "This prompt was not precomputed. The page holds results only for the " + DATA.prompts.length +
-        " prompts in the list (rebuild it with llmbook explore --prompts FILE to add yours), or ask a server in live mode below." +
+        " prompts in the list (rebuild it with llmbook explore --prompts FILE to add yours)," +
+        " or ask a server in live mode below." +
         " Still showing: \u201c" + current().text + "\u201d.";
     } else {
       status.textContent = "";
@@ -94,7 +96,8 @@
       const label = "position " + i + ", token id " + id + (info[1] ? ", bytes " + info[1] : ", special token") +
         (prob !== null ? ", probability " + fmtP(prob) + " given the tokens before it" : "");
       const button = el("button", { type: "button", class: "tok", "data-pos": String(i), "data-id": String(id),
-        "data-bytes": info[1] || "", "aria-pressed": String(i === state.pos), title: label, "aria-label": piece(id) + ": " + label },
+        "data-bytes": info[1] || "", "aria-pressed": String(i === state.pos), title: label,
+        "aria-label": piece(id) + ": " + label },
       piece(id));
       if (prob !== null) shade(button, prob);
       button.addEventListener("click", () => selectPosition(i));
@@ -108,7 +111,9 @@
     body.replaceChildren();
     const ids = p.next.ids[pos], probs = p.next.p[pos];
     let caption = "After position " + pos + " (" + quoted(p.ids[pos]) + "), the model's top " + ids.length + " next tokens.";
-    if (pos + 1 < p.ids.length) caption += " The prompt continues with " + quoted(p.ids[pos + 1]) + ", probability " + fmtP(p.actual[pos]) + ".";
+    if (pos + 1 < p.ids.length) {
+      caption += " The prompt continues with " + quoted(p.ids[pos + 1]) + ", probability " + fmtP(p.actual[pos]) + ".";
+    }
     $("next-caption").textContent = caption;
     ids.forEach((id, r) => {
       const row = el("tr", { "data-id": String(id), "data-p": String(probs[r]) });
@@ -142,7 +147,9 @@
       "Attention weights of block " + (state.layer + 1) + ", head " + (state.head + 1) + ": rows are queries, columns keys"));
     const head = el("thead"), top = el("tr");
     top.appendChild(el("th", { scope: "col" }, "query \\ key"));
-    p.ids.forEach((id, j) => top.appendChild(el("th", { scope: "col", class: "col" + (j === state.pos ? " sel" : "") }, piece(id))));
+    p.ids.forEach((id, j) => {
+      top.appendChild(el("th", { scope: "col", class: "col" + (j === state.pos ? " sel" : "") }, piece(id)));
+    });
     head.appendChild(top);
     table.appendChild(head);
     const body = el("tbody");
@@ -167,7 +174,8 @@
     }
     table.appendChild(body);
     const row = rows[state.pos].map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 3);
-    $("attn-summary").textContent = "Block " + (state.layer + 1) + ", head " + (state.head + 1) + ": position " + state.pos + " (" +
+    $("attn-summary").textContent = "Block " + (state.layer + 1) + ", head " + (state.head + 1) +
+      ": position " + state.pos + " (" +
       quoted(p.ids[state.pos]) + ") reads most from " +
       row.map(([w, j]) => "position " + j + " " + quoted(p.ids[j]) + " (" + fmtW(w) + ")").join(", ") + ".";
   }
@@ -194,9 +202,9 @@
       tr.appendChild(el("th", { scope: "row" }, lensName(l)));
       p.ids.forEach((_, j) => {
         const ids = p.lens.ids[l][j], probs = p.lens.p[l][j];
-        const td = el("td", { "data-layer": String(l), "data-pos": String(j), "data-id": String(ids[0]), "data-p": String(probs[0]),
-          class: j === state.pos ? "sel" : "",
-          title: lensName(l) + ", position " + j + ": " + ids.map((id, r) => quoted(id) + " " + fmtP(probs[r])).join(", ") }, piece(ids[0]));
+        const title = lensName(l) + ", position " + j + ": " + ids.map((id, r) => quoted(id) + " " + fmtP(probs[r])).join(", ");
+        const td = el("td", { "data-layer": String(l), "data-pos": String(j), "data-id": String(ids[0]),
+          "data-p": String(probs[0]), class: j === state.pos ? "sel" : "", title: title }, piece(ids[0]));
         shade(td, probs[0]);
         tr.appendChild(td);
       });
@@ -257,7 +265,8 @@
         return;
       }
       const choice = reply && Array.isArray(reply.choices) ? reply.choices[0] : null;
-      const top = choice && choice.logprobs && Array.isArray(choice.logprobs.top_logprobs) ? choice.logprobs.top_logprobs[0] : null;
+      const logprobs = choice && choice.logprobs;
+      const top = logprobs && Array.isArray(logprobs.top_logprobs) ? logprobs.top_logprobs[0] : null;
       if (!top || typeof top !== "object") {
         status.textContent = "The server's answer has no choices[0].logprobs.top_logprobs: does it support logprobs?";
         return;
@@ -277,8 +286,9 @@
       status.textContent = "The server's top " + rows.length + " next tokens after \u201c" + prompt + "\u201d" +
         (reply.model ? " (model " + reply.model + ")" : "") + ".";
     } catch (err) {
-      status.textContent = "No answer from " + endpoint.origin + " (" + (err && err.name === "AbortError" ? "timed out" : "the request failed; " +
-        "is the server running, and does it allow cross-origin requests?") + ").";
+      const why = err && err.name === "AbortError" ? "timed out"
+        : "the request failed; is the server running, and does it allow cross-origin requests?";
+      status.textContent = "No answer from " + endpoint.origin + " (" + why + ").";
     } finally {
       clearTimeout(timer);
     }

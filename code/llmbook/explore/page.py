@@ -37,7 +37,8 @@ DEFAULT_PROMPTS = (
 )
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], context: int, where: Sequence[str] | None = None) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: Sequence[str], context: int,
+                   where: Sequence[str] | None = None) -> list[list[int]]:
     """Token ids of each prompt, refusing an empty prompt or one longer than MAX_TOKENS or the model's context.
 
     `where` names each prompt in error messages (for example "prompts.txt line 3")."""
@@ -118,7 +119,8 @@ def render_html(data: dict[str, Any], title: str | None = None) -> str:
     """
     title = title or f"Inside {data['model']['name']}"
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
-    parts = {"TITLE": html.escape(title), "STYLE": _asset("explorer.css"), "SCRIPT": _asset("explorer.js"), "DATA": payload}
+    parts = {"TITLE": html.escape(title), "STYLE": _asset("explorer.css"), "SCRIPT": _asset("explorer.js"),
+             "DATA": payload}
     return re.sub(r"\{\{(TITLE|STYLE|SCRIPT|DATA)\}\}", lambda m: parts[m.group(1)], _asset("explorer.html"))
 
 
@@ -132,8 +134,8 @@ def iframe(page: str, title: str, height: int = 820) -> str:
     """An iframe that holds `page` in its `srcdoc`, sandboxed: the page's scripts run in an opaque origin, apart
     from the document around it, and no file beside that document is needed."""
     return (f'<iframe title="{html.escape(title)}" sandbox="allow-scripts" loading="lazy" '
-            f'style="width:100%;height:{int(height)}px;border:1px solid #c8c8c8" srcdoc="{html.escape(page, quote=True)}">'
-            "</iframe>")
+            f'style="width:100%;height:{int(height)}px;border:1px solid #c8c8c8" '
+            f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
 
 
 class Embedded:

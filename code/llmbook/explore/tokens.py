@@ -10,7 +10,8 @@ from functools import lru_cache
 from llmbook.tokenizer.pretokenize import bytes_to_unicode
 
 # Whitespace drawn as visible symbols; everything else that does not print is shown as an escape.
-VISIBLE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}  # open box, downwards arrow with corner, rightwards arrow to bar
+# open box, downwards arrow with corner leftwards, rightwards arrow to bar
+VISIBLE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5"}
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""What the model computes for one prompt: next-token logits, attention weights and the logit lens (@sec-architecture-explorer).
+"""What the model computes for one prompt: next-token logits, attention weights and the logit lens
+(@sec-architecture-explorer).
 
 The capture adds nothing to `GPT.forward`: `GPT.attention_weights` already runs the naive kernel when the
 probabilities are wanted, and PyTorch forward hooks on the blocks read the residual stream on the way, so
