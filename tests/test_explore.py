@@ -491,6 +491,27 @@ def test_typed_prompts_and_hostile_text(browser, explorer):
     page.close()
 
 
+def test_page_works_inside_the_books_sandboxed_iframe(browser, explorer, tmp_path):
+    """The HTML book embeds the page as `Embedded` does: an iframe with `srcdoc` and `sandbox="allow-scripts"`."""
+    host = tmp_path / "chapter.html"
+    page = explorer[1].read_text(encoding="utf-8")
+    host.write_text(f"<!DOCTYPE html><html><body><p>Chapter text</p>{Embedded(page, 'Explorer')._repr_html_()}"
+                    "</body></html>", encoding="utf-8")
+    tab = browser.new_page()
+    errors, requests = [], []
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.on("request", lambda r: requests.append(r.url))
+    tab.goto(host.as_uri())
+    frame = tab.frame_locator("iframe[title=Explorer]")
+    frame.locator("body[data-ready=true]").wait_for()
+    before = frame.locator("#attn-map td[data-w]").evaluate_all("els => els.map(e => e.dataset.w)")
+    frame.locator("#head-select").select_option("3")
+    assert frame.locator("#attn-map td[data-w]").evaluate_all("els => els.map(e => e.dataset.w)") != before
+    assert errors == [] and requests == [host.as_uri()]
+    tab.close()
+
+
 class CompletionServer(BaseHTTPRequestHandler):
     """A stand-in OpenAI-compatible server: answers /v1/completions with top_logprobs, allowing cross-origin calls."""
 
