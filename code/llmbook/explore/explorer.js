@@ -26,9 +26,9 @@
   function describeModel() {
     const m = DATA.model;
     const heads = m.n_head + " heads" + (m.n_kv_head !== m.n_head ? " (" + m.n_kv_head + " key/value heads)" : "");
-    const parts = [m.name, m.n_layer + " layers", heads, "width " + m.n_embd, "vocabulary " + m.vocab_size,
+    const parts = [m.n_layer + " layers", heads, "width " + m.n_embd, "vocabulary " + m.vocab_size,
       "context " + m.block_size, m.params.toLocaleString("en") + " parameters"];
-    if (m.step !== null && m.step !== undefined) parts.splice(1, 0, "step " + m.step);
+    if (m.step !== null && m.step !== undefined) parts.unshift("step " + m.step);
     $("model-info").textContent = parts.join(" \u00b7 ");
   }
 
