@@ -39,7 +39,8 @@ NAMED: dict[str, tuple[str, str]] = {
 HUB: dict[str, tuple[str, str | None, str, str]] = {
     "tinystories": ("roneneldan/TinyStories", None, "train", "text"),
     "tinystories-valid": ("roneneldan/TinyStories", None, "validation", "text"),
-    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text"),
+    # the tokenised variant (`<unk>`, ` @-@ `), as the local copy (wiki.valid.tokens); the hub gives one line per row
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-v1", "validation", "text"),
     "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text"),
 }
 
@@ -292,6 +293,25 @@ def mixture(
                 continue
         emitted += 1
         yield rec
+
+
+def document_weights(token_shares: Mapping[str, float], mean_tokens: Mapping[str, float]) -> dict[str, float]:
+    """Per-document sampling weights for `mixture` that give each source the target share of *tokens* (@sec-data-sources).
+
+    `mixture` draws documents, and a draw from a source whose documents are k times longer brings k times more
+    tokens, so the document weight of source i is proportional to share_i / mean_tokens_i (then normalised).
+    Any length unit works (tokens, bytes, words) as long as it is the same for every source.
+    """
+    if set(token_shares) != set(mean_tokens):
+        raise ValueError(f"token_shares name {sorted(token_shares)} but mean_tokens names {sorted(mean_tokens)}")
+    if any(s < 0 for s in token_shares.values()) or sum(token_shares.values()) <= 0:
+        raise ValueError(f"token shares must be non-negative with a positive sum, got {dict(token_shares)}")
+    bad = {n: m for n, m in mean_tokens.items() if not m > 0}
+    if bad:
+        raise ValueError(f"mean document lengths must be positive, got {bad}")
+    raw = {n: token_shares[n] / mean_tokens[n] for n in token_shares}
+    total = sum(raw.values())
+    return {n: w / total for n, w in raw.items()}
 
 
 def _existing(path: str | Path) -> Path:
