@@ -59,6 +59,7 @@ def test_each_corruption_does_what_it_says():
     ("char_noise", 0.0, PARAGRAPH, "strength"),
     ("char_noise", 1.5, PARAGRAPH, "strength"),
     ("shuffle_words", 0.5, "too short", "at least 4 words"),
+    ("char_noise", 0.5, "1 2 3 4 5", "letters"),
 ])
 def test_corrupt_rejects_bad_input(kind, strength, text, match):
     with pytest.raises(ValueError, match=match):

@@ -16,7 +16,7 @@ from llmbook.tokenizer import (
     unk_id,
     unknown_rate,
 )
-from llmbook.tokenizer.families import surface_form
+from llmbook.tokenizer.families import surface_form, token_text
 
 def one_per_word(text: str) -> list[int]:
     """An encoder that emits one token per whitespace-separated word."""
@@ -72,9 +72,17 @@ def test_surface_form_removes_each_familys_marker(token, family, surface):
     assert surface_form(token, family) == surface
 
 
+def test_token_text_keeps_markers_and_shows_partial_bytes():
+    assert token_text("Ġthe", "byte_bpe") == " the"
+    assert token_text("Ã", "byte_bpe") == "\\xc3"
+    assert token_text("##ing", "wordpiece") == "##ing" and token_text("▁the", "unigram") == "▁the"
+
+
 def test_surface_form_rejects_unknown_family():
     with pytest.raises(ValueError, match="family"):
         surface_form("x", "morfessor")
+    with pytest.raises(ValueError, match="family"):
+        token_text("x", "morfessor")
     with pytest.raises(ValueError, match="family"):
         train_family("morfessor", ["x"], 100)
 

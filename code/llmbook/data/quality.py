@@ -1,7 +1,8 @@
 """A model-based quality filter: fastText-style hashed word n-grams and a linear classifier (@sec-data-quality).
 
 Production pipelines score documents with a small classifier next to the heuristic filters: GPT-3 and LLaMA
-kept web pages that looked like reference text, FineWeb-Edu and DCLM kept those a fastText model rated highly.
+kept web pages that looked like reference text, FineWeb-Edu those a classifier rated educational, DCLM those a
+fastText model rated highly.
 Here the labels come from real book paragraphs (clean) and machine-corrupted versions of other paragraphs
 (corrupted), so the classifier learns exactly what the corruptions change; precision and recall on held-out
 books say how well it does that, with Wilson intervals.
@@ -62,6 +63,8 @@ def corrupt(text: str, rng: np.random.Generator, kind: str, strength: float) -> 
     if kind == "char_noise":
         chars = list(text)
         letters = [i for i, c in enumerate(chars) if c.isalpha()]
+        if not letters:
+            raise ValueError("char_noise needs a text with letters")
         for i in rng.choice(letters, size=max(1, round(strength * len(letters))), replace=False):
             chars[i] = _LETTERS[int(rng.integers(len(_LETTERS)))]
         return "".join(chars)

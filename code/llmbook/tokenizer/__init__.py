@@ -4,7 +4,7 @@ families compared with it (@sec-data-tokenizers)."""
 from llmbook.tokenizer.analysis import (bytes_per_token, chars_per_token, compression_curve, fertility, jaccard,
                                        token_length_histogram, unknown_rate)
 from llmbook.tokenizer.bpe import BPETokenizer
-from llmbook.tokenizer.families import FAMILIES, surface_vocab, train_family, unk_id
+from llmbook.tokenizer.families import FAMILIES, surface_vocab, token_text, train_family, unk_id
 from llmbook.tokenizer.hf import load_hf_tokenizer, train_hf_tokenizer
 from llmbook.tokenizer.pretokenize import PATTERNS, bytes_to_unicode, pretokenize
 
@@ -22,6 +22,7 @@ __all__ = [
     "pretokenize",
     "surface_vocab",
     "token_length_histogram",
+    "token_text",
     "train_family",
     "train_hf_tokenizer",
     "unk_id",

@@ -23,8 +23,9 @@ def train_family(family: str, texts: Iterable[str], vocab_size: int) -> Tokenize
     """Train a tokenizer of `family` on `texts` with at most `vocab_size` entries (special tokens included).
 
     No normaliser anywhere, so every family sees exactly the same characters. WordPiece splits words at
-    whitespace and punctuation as BERT does; Unigram replaces spaces by `▁` as SentencePiece does; `char` keeps
-    the most frequent characters, `word` the most frequent words (letters/digits runs and punctuation runs).
+    whitespace and punctuation as BERT does (the `tokenizers` WordPiece trainer learns BPE merges and converts
+    them); Unigram replaces spaces by `▁` as SentencePiece does; `char` keeps the most frequent characters, `word`
+    the most frequent words (runs of word characters and runs of punctuation).
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -57,24 +58,25 @@ def unk_id(tok: Tokenizer, family: str) -> int | None:
     return None if UNK[family] is None else tok.token_to_id(UNK[family])
 
 
-def surface_form(token: str, family: str) -> str:
-    """The text a vocabulary entry stands for, without the family's word-boundary marker.
-
-    Byte-level BPE entries are GPT-2's printable stand-ins for bytes: they are mapped back to bytes and decoded
-    (a partial UTF-8 sequence keeps its bytes as `\\x..` escapes) and a leading space is dropped; Unigram
-    drops a leading `▁`, WordPiece a leading `##`.
-    """
-    if family == "byte_bpe":
-        u2b = {c: b for b, c in bytes_to_unicode().items()}
-        text = bytes(u2b[c] for c in token).decode("utf-8", "backslashreplace")
-        return text[1:] if text.startswith(" ") else text
-    if family == "unigram":
-        return token[1:] if token.startswith("▁") else token
-    if family == "wordpiece":
-        return token[2:] if token.startswith("##") else token
-    if family in FAMILIES:
+def token_text(token: str, family: str) -> str:
+    """A vocabulary entry as readable text, markers kept: byte-level BPE entries are GPT-2's printable stand-ins for
+    bytes, so they are mapped back to bytes and decoded (a partial UTF-8 sequence keeps its bytes as `\\x..`
+    escapes); the other families' entries are text already."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family != "byte_bpe":
         return token
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    u2b = {c: b for b, c in bytes_to_unicode().items()}
+    return bytes(u2b[c] for c in token).decode("utf-8", "backslashreplace")
+
+
+def surface_form(token: str, family: str) -> str:
+    """The text a vocabulary entry stands for, without the family's word-boundary marker: the leading space of
+    a byte-level BPE entry (`token_text`), the leading `▁` of a Unigram piece, the `##` of a WordPiece
+    continuation."""
+    text = token_text(token, family)
+    marker = {"byte_bpe": " ", "unigram": "▁", "wordpiece": "##"}.get(family, "")
+    return text[len(marker):] if marker and text.startswith(marker) else text
 
 
 def surface_vocab(tok: Tokenizer, family: str) -> set[str]:
