@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from llmbook.data import registry
 from llmbook.data.quality import (
     CORRUPTIONS,
     QualityClassifier,
@@ -110,7 +111,7 @@ def test_classifier_rejects_bad_labels():
 @pytest.fixture(scope="module")
 def labelled(data_dir):
     """Real paragraphs of the TinyStories validation sample (clean) and corrupted copies of other paragraphs."""
-    text = (data_dir / "tinystories" / "tinystories_valid_sample.txt").read_text(encoding="utf-8")
+    text = registry.fetch("tinystories/tinystories_valid_sample.txt").read_text(encoding="utf-8")
     paragraphs = [p for p in join_wrapped_lines(text) if len(p.split()) >= 30][:240]
     rng = np.random.default_rng(0)
     texts, labels = [], []

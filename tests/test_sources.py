@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from llmbook.data import registry
 from llmbook.data.sources import (HUB, NAMED, document_weights, load_corpus, mixture, read_hf, read_jsonl,
                                   read_parquet, read_text, split_documents)
 
@@ -92,7 +93,7 @@ def test_named_corpora(data_dir):
 
 
 def test_wikitext_hub_fallback_is_the_local_variant(data_dir):
-    local = (data_dir / NAMED["wikitext2"][0]).read_text(encoding="utf-8")
+    local = registry.fetch(NAMED["wikitext2"][0]).read_text(encoding="utf-8")
     assert "<unk>" in local and " @-@ " in local  # the local copy is the tokenised variant (wiki.valid.tokens)
     assert HUB["wikitext2"][1] == "wikitext-2-v1"  # the hub's name for that variant; the raw one is wikitext-2-raw-v1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from llmbook.data import registry
 from llmbook.tokenizer import (
     FAMILIES,
     bytes_per_token,
@@ -90,7 +91,7 @@ def test_surface_form_rejects_unknown_family():
 @pytest.fixture(scope="module")
 def stories(data_dir) -> list[str]:
     """The first 200 kB of the TinyStories sample, cut into stories."""
-    text = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:200_000]
+    text = registry.fetch("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:200_000]
     return [s for s in text.split("\n") if s.strip()]
 
 

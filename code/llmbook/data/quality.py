@@ -2,10 +2,9 @@
 
 Production pipelines score documents with a small classifier next to the heuristic filters: GPT-3 and LLaMA
 kept web pages that looked like reference text, FineWeb-Edu those a classifier rated educational, DCLM those a
-fastText model rated highly.
-Here the labels come from real book paragraphs (clean) and machine-corrupted versions of other paragraphs
-(corrupted), so the classifier learns exactly what the corruptions change; precision and recall on held-out
-books say how well it does that, with Wilson intervals.
+fastText model rated highly. Here the labels come from real book paragraphs (clean) and
+machine-corrupted versions of other paragraphs (corrupted), so the classifier learns exactly what the corruptions
+change; precision and recall on held-out books say how well it does that, with Wilson intervals.
 """
 
 from __future__ import annotations
@@ -69,8 +68,8 @@ def corrupt(text: str, rng: np.random.Generator, kind: str, strength: float) -> 
             chars[i] = _LETTERS[int(rng.integers(len(_LETTERS)))]
         return "".join(chars)
     if kind == "drop_function_words":
-        keep = [w for w in words if w.lower().strip(".,;:!?\"'“”‘’") not in _FUNCTION_WORDS or rng.random() >= strength]
-        return " ".join(keep)
+        bare = [w.lower().strip(".,;:!?\"'“”‘’") for w in words]
+        return " ".join(w for w, b in zip(words, bare) if b not in _FUNCTION_WORDS or rng.random() >= strength)
     start = int(rng.integers(len(words) - 2))
     phrase = words[start : start + 3]
     out = list(words)
@@ -130,6 +129,8 @@ class Features:
 
 def featurize(texts: Sequence[str], cfg: QualityConfig) -> Features:
     """Hashed n-gram features of every text, stacked row by row."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of documents, not a single string")
     rows = [ngram_features(t, cfg) for t in texts]
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(ids) for ids, _ in rows])
