@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "export": "llmbook.train.export",
     "eval": "llmbook.eval.cli",
     "speedrun": "llmbook.speedrun.cli",
+    "explore": "llmbook.explore.cli",
 }
 
 
