@@ -145,18 +145,18 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     return out
 
 
-# The book's own model: the `cpu-tiny` preset shortened as @sec-evaluation-checkpoints trains it, so every
-# chapter that looks at "the book's model" reuses that one cached run.
+# The quick stand-in for the book's model: the `cpu-tiny` preset shortened as @sec-evaluation-checkpoints trains
+# it, so every chapter that falls back to it reuses that one cached run.
 BOOK_RUN = ("cpu-tiny", ("train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
                          "checkpoint.keep=8"))
 
 
 def book_run(log: Callable[[str], None] = lambda msg: None) -> Path:
-    """The run directory of the book's model (`BOOK_RUN`), trained once by `cached_run` and reused afterwards."""
-    from llmbook.train import load_config
+    """The run directory of the book's model: the speedrun's when there is one, else the quick `BOOK_RUN`, trained
+    once by `cached_run` and reused afterwards (`llmbook.speedrun.book_model` says which, @sec-speedrun-book)."""
+    from llmbook.speedrun import book_model
 
-    preset, overrides = BOOK_RUN
-    return cached_run(load_config(preset, list(overrides)), log=log)
+    return book_model(log=log).run_dir
 
 
 def held_out_documents(data_cfg) -> list[str]:

@@ -8,7 +8,7 @@ Where it comes from, in order:
 2. the speedrun of the `cpu` preset in the cache, `$LLMBOOK_CACHE/speedrun/cpu` (where `llmbook speedrun
    --preset cpu` writes by default), once its pretraining stage is complete;
 3. otherwise a short run of the `cpu-tiny` preset, trained once in about a minute and cached
-   (`llmbook.eval.checkpoints.cached_run`): what CI and a fresh checkout render.
+   (`llmbook.eval.checkpoints.BOOK_RUN`, trained by `cached_run`): what CI and a fresh checkout render.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ from typing import Any
 
 MODEL_SETTING = "LLMBOOK_MODEL"  # the one documented setting naming the reader's own model folder
 DEFAULT_PRESET = "cpu"
-# The quick fallback: the `cpu-tiny` preset shortened as the evaluation chapter trains it, so every chapter
-# shares one cached run.
-QUICK_RUN = ("cpu-tiny", ("train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
-                          "checkpoint.keep=8"))
 
 
 def speedrun_dir(preset: str = DEFAULT_PRESET) -> Path:
@@ -105,7 +101,7 @@ def book_model(preset: str = DEFAULT_PRESET, log: Callable[[str], None] = lambda
     A folder named by `LLMBOOK_MODEL` that holds neither a finished speedrun nor a training run is an error
     naming the setting (a typo must not silently fall back to the small model).
     """
-    from llmbook.eval.checkpoints import cached_run, is_training_run
+    from llmbook.eval.checkpoints import BOOK_RUN, cached_run, is_training_run
 
     chosen = os.environ.get(MODEL_SETTING, "")
     if chosen:
@@ -124,7 +120,7 @@ def book_model(preset: str = DEFAULT_PRESET, log: Callable[[str], None] = lambda
         return model
     from llmbook.train import load_config
 
-    name, overrides = QUICK_RUN
+    name, overrides = BOOK_RUN
     cfg = load_config(name, list(overrides))
     run = cached_run(cfg, log=log)
     return BookModel("cpu-tiny", run, cfg,

@@ -8,6 +8,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from llmbook.book import duration, si
 from llmbook.speedrun.config import SpeedrunConfig
 
 REFERENCE_GPUS = ("t4", "h100-sxm")  # where a CPU run's FLOPs would also be priced
@@ -83,7 +84,7 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def _minutes(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds / 60:.1f} min"
+    return "" if seconds is None else duration(seconds / 3600)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
@@ -143,12 +144,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if "cost" in report:
         c = report["cost"]
         out += ["## Time and cost", "",
-                f"Measured: {c['measured_hours'] * 60:.1f} min"
+                f"Measured: {duration(c['measured_hours'])}"
                 + (f", {c['measured_cost_usd']:.2f} USD at {c['price_per_hour']:g} USD/hour" if c["price_per_hour"] else "")
                 + ". The same training FLOPs elsewhere (estimates from `llmbook.costs` at the MFU shown):", ""]
         out += _table(["GPU", "MFU", "time", "energy"],
-                      [[e["gpu"], f"{e['mfu']:.0%}", f"{e['hours'] * 3600:,.0f} s",
-                        f"{e['energy_kwh'] * 1000:.1f} Wh" if e["energy_kwh"] is not None else "n/a"]
+                      [[e["gpu"], f"{e['mfu']:.0%}", duration(e["hours"]),
+                        si(e["energy_kwh"] * 1000, "Wh") if e["energy_kwh"] is not None else "n/a"]
                        for e in c["same_flops_on_gpus"]])
     if "eval" in s:
         e = s["eval"]
