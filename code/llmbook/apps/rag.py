@@ -75,7 +75,7 @@ def build_prompt(question: str, passages: Sequence[Passage], instruction: str = 
 
 
 _CITATION = re.compile(r"\[(\d+)\]")
-_SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(])")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(])")
 
 
 def citations(answer: str) -> list[int]:
@@ -108,7 +108,9 @@ def grounding(answer: str, passages: Sequence[Passage]) -> Grounding:
 
 def sentences(text: str) -> list[str]:
     """Sentences of a passage: cut after . ! or ? (and closing quotes) before a capital, digit or quote."""
-    return [s.strip() for s in _SENTENCE.split(text.replace("\n", " ")) if s.strip()]
+    text = text.replace("\n", " ")
+    cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
+    return [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
 
 
 def extractive_answer(question: str, passages: Sequence[Passage]) -> str:
