@@ -3,7 +3,8 @@
 BM25: paragraphs of the Gutenberg corpus, tokenised once by `llmbook.apps.bm25.analyze`; both libraries index
 the same token lists (Lucene BM25, k1 = 1.5, b = 0.75) and answer the same queries (the first words of random
 paragraphs) for the top 10; the scores and the top-10 sets are compared. Vectors: random unit vectors (the hardest
-case for approximate search: no cluster structure), inner-product search for the top 10; exact search from
+case for approximate search: no cluster structure) and unit vectors scattered around 1,000 random centres (a crude
+model of real embeddings), inner-product search for the top 10; exact search from
 scratch (one matrix product per query batch and `top_k`) against FAISS `IndexFlatIP` (must return the same
 top 10) and `IndexHNSWFlat` (recall@10 against exact, and its speed-up). One thread on every side.
 Prints one JSON record and writes bench/results/rag-cpu.json.
@@ -75,15 +76,25 @@ def bench_bm25(n_docs: int, n_queries: int, seed: int) -> dict:
             "same_top10_set_fraction": same, "same_top10_scores_fraction": same_scores}
 
 
-def bench_vectors(n: int, d: int, n_queries: int, seed: int, ef_search: list[int]) -> dict:
+def unit_vectors(n: int, d: int, rng: np.random.Generator, clusters: int = 0, spread: float = 0.5) -> np.ndarray:
+    """n random unit vectors; with `clusters`, drawn around that many random centres (noise `spread` per
+    coordinate relative to the centres' scale), a crude model of the cluster structure of real embeddings."""
+    if clusters:
+        centres = rng.normal(size=(clusters, d))
+        x = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, d))
+    else:
+        x = rng.normal(size=(n, d))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_vectors(n: int, d: int, n_queries: int, seed: int, ef_search: list[int], clusters: int = 0) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = rng.normal(size=(n_queries, d)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    both = unit_vectors(n + n_queries, d, rng, clusters)  # queries from the same distribution as the data
+    x, q = both[:n], both[n:]
     exact = ExactIndex(x)
     (e_scores, e_ids), t_exact = timed(lambda: exact.search(q, 10))
     flat, t_flat_build = timed(lambda: faiss_index(x, "flat"))
@@ -95,7 +106,7 @@ def bench_vectors(n: int, d: int, n_queries: int, seed: int, ef_search: list[int
         (_, h_ids), t_h = timed(lambda: hnsw.search(q, 10))
         sweep.append({"ef_search": ef, "recall@10": recall_at_k(h_ids, e_ids), "queries_per_s": n_queries / t_h,
                       "speedup_vs_exact": t_exact / t_h, "speedup_vs_faiss_flat": t_flat / t_h})
-    return {"vectors": n, "dim": d, "queries": n_queries,
+    return {"vectors": n, "dim": d, "queries": n_queries, "clusters": clusters,
             "queries_per_s": {"exact_llmbook": n_queries / t_exact, "faiss_flat": n_queries / t_flat},
             "flat_speed_ratio": t_exact / t_flat,
             "flat_same_top10_ids": bool((f_ids == e_ids).all()),
@@ -112,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--vector-queries", type=int, default=1_000)
     ap.add_argument("--ef-search", default="16,64,256,1024")
+    ap.add_argument("--clusters", type=int, default=1_000, help="centres of the clustered vector set")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.vectors < 100_000:
         print("note: the recorded figures use at least 100,000 vectors", file=sys.stderr)
+    ef = [int(e) for e in args.ef_search.split(",")]
     figures = {"bm25": bench_bm25(args.docs, args.queries, args.seed),
-               "vectors": bench_vectors(args.vectors, args.dim, args.vector_queries, args.seed,
-                                        [int(e) for e in args.ef_search.split(",")])}
+               "vectors": bench_vectors(args.vectors, args.dim, args.vector_queries, args.seed, ef),
+               "clustered_vectors": bench_vectors(args.vectors, args.dim, args.vector_queries, args.seed, ef,
+                                                  clusters=args.clusters)}
     record("rag", figures, vars(args), ["numpy", "bm25s", "faiss-cpu"])
     return 0
 
