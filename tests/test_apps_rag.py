@@ -108,6 +108,19 @@ def test_index_round_trip_keeps_everything(folder, tmp_path):
     assert not list(tmp_path.glob(".x.idx.*"))  # no temp file left behind
 
 
+def test_code_blocks_are_masked_in_place():
+    from llmbook.apps.store import mask_code_blocks
+
+    text = "Intro.\n\n```python\nx = 1\n```\n\nOutro about x.\n"
+    masked = mask_code_blocks(text)
+    assert len(masked) == len(text) and masked.count("\n") == text.count("\n")
+    assert "x = 1" not in masked and masked.endswith("Outro about x.\n")
+    chunks = build_index([("a.md", text)], by="paragraph", max_chars=14).chunks
+    assert [(c.text, c.first_line) for c in chunks] == [("Intro.", 1), ("Outro about x.", 7)]
+    merged = build_index([("a.md", text)], by="paragraph").chunks
+    assert [(c.text, c.first_line, c.last_line) for c in merged] == [("Intro.\n\nOutro about x.", 1, 7)]
+
+
 def test_cli_index_and_ask(folder, tmp_path, capsys):
     idx = tmp_path / "book.idx"
     assert main(["rag", "index", "--input", str(folder), "--out", str(idx), "--size", "20", "--overlap", "2"]) == 0

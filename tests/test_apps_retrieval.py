@@ -113,6 +113,34 @@ def test_exact_search_is_brute_force():
     assert np.allclose(scores, np.take_along_axis(q @ x.T, ids, 1))
 
 
+def test_same_up_to_ties():
+    from llmbook.apps.index import same_up_to_ties
+
+    ids_a, s = np.array([[4, 2, 7, 9]]), np.array([[0.9, 0.5, 0.5, 0.1]])
+    assert same_up_to_ties(ids_a, s, np.array([[4, 7, 2, 9]]), s).all()  # a tie inside the list, other order
+    assert not same_up_to_ties(ids_a, s, np.array([[4, 2, 8, 9]]), s).any()  # a different item inside
+    s2 = np.array([[0.9, 0.5, 0.3, 0.3]])
+    assert same_up_to_ties(np.array([[4, 2, 7, 9]]), s2, np.array([[4, 2, 7, 11]]), s2).all()  # tie cut at k
+    assert not same_up_to_ties(ids_a, s, ids_a, s + 0.1).any()
+
+
+def test_exact_and_faiss_flat_agree_on_duplicated_vectors():
+    pytest.importorskip("faiss", reason="faiss-cpu is in the test extra: pip install -e '.[test]'")
+    from llmbook.apps.index import same_up_to_ties
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    x[100:150] = x[:50]  # duplicated documents: exact ties
+    q = rng.normal(size=(20, 16)).astype(np.float32)
+    es, ei = ExactIndex(x).search(q, 30)
+    fs, fi = faiss_index(x, "flat").search(q, 30)
+    assert same_up_to_ties(ei, es, fi, fs).all()
+    for row in ei:  # our tie rule: of two equal scores, the lower id first
+        for a, b in zip(row, row[1:]):
+            if abs(a - b) == 100 and a % 100 < 50:
+                assert a < b
+
+
 def test_faiss_flat_returns_the_exact_top_k_and_hnsw_ivf_approximate_it():
     pytest.importorskip("faiss", reason="faiss-cpu is in the test extra: pip install -e '.[test]'")
     rng = np.random.default_rng(1)

@@ -82,6 +82,21 @@ def faiss_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_co
     return index
 
 
+def same_up_to_ties(ids_a: np.ndarray, scores_a: np.ndarray, ids_b: np.ndarray, scores_b: np.ndarray,
+                    atol: float = 1e-5) -> np.ndarray:
+    """Per query row: do two top-k results agree? The scores must match rank by rank (within `atol`), and the ids
+    must match as sets within every group of tied scores (scores within `atol`), except the group cut by k, where
+    each side may keep a different subset of the tied items. Duplicate documents make such ties."""
+    out = np.zeros(len(ids_a), dtype=bool)
+    for r, (ia, sa, ib, sb) in enumerate(zip(ids_a, scores_a, ids_b, scores_b)):
+        if len(ia) != len(ib) or not np.allclose(sa, sb, atol=atol):
+            continue
+        starts = [0, *(i for i in range(1, len(sa)) if abs(sa[i - 1] - sa[i]) > atol), len(sa)]
+        groups = list(zip(starts, starts[1:]))
+        out[r] = all(set(ia[a:b]) == set(ib[a:b]) for a, b in groups[:-1])
+    return out
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of the exact top-k (rows of `truth`) that an approximate search (rows of `found`) returned."""
     k = truth.shape[1]

@@ -9,6 +9,7 @@ names the file and the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,18 +76,32 @@ def read_folder(root: str | Path, suffixes: Sequence[str] = TEXT_SUFFIXES) -> li
     return out
 
 
+_FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def mask_code_blocks(text: str) -> str:
+    """Fenced code blocks of Markdown replaced by spaces (newlines kept), so that prose is indexed and every
+    character keeps its offset and line number."""
+    return _FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+
+
 def build_index(files: Sequence[tuple[str, str]], by: str = "tokens", size: int = 120, overlap: int = 30,
                 max_chars: int = 1500, config: BM25Config = BM25Config()) -> RagIndex:
-    """Chunk every file (by word windows with overlap, or by paragraphs) and index the chunks with BM25."""
+    """Chunk every file (by word windows with overlap, or by paragraphs) and index the chunks with BM25.
+
+    In Markdown files (.md, .qmd, .markdown) fenced code blocks are left out: the assistant answers from prose."""
     if by not in ("tokens", "paragraph"):
         raise ValueError(f"chunking {by!r} must be 'tokens' or 'paragraph'")
     chunks = []
     for path, text in files:
+        if path.endswith((".md", ".qmd", ".markdown")):
+            text = mask_code_blocks(text)
         pieces = (chunk_by_tokens(text, size, overlap, doc=path) if by == "tokens"
                   else chunk_by_paragraph(text, max_chars, doc=path))
         for c in pieces:
             first = text.count("\n", 0, c.start) + 1
-            chunks.append(IndexedChunk(path, first, first + c.text.count("\n"), c.text))
+            tidy = re.sub(r"\n(?:[ \t]*\n)+", "\n\n", c.text)  # masked code leaves blank lines behind
+            chunks.append(IndexedChunk(path, first, first + c.text.count("\n"), tidy))
     settings = {"by": by, "size": size, "overlap": overlap, "max_chars": max_chars, "files": len(files)}
     return RagIndex(chunks, BM25.fit([analyze(c.text) for c in chunks], config), settings)
 
