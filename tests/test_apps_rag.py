@@ -62,6 +62,8 @@ def test_extractive_answer_quotes_and_cites_the_best_sentence():
     assert rag.extractive_answer("What colour are ripe bananas?", PASSAGES) == "Bananas are yellow when ripe. [2]"
     assert rag.extractive_answer("zzz qqq", PASSAGES).startswith("I do not know")
     assert rag.sentences('He said "Go." Then he left! Why? 3 cats.') == ['He said "Go."', "Then he left!", "Why?", "3 cats."]
+    assert rag.sentences("A wrapped\nsentence.\n\n## A heading\n\nNext one.") == [
+        "A wrapped sentence.", "## A heading", "Next one."]
 
 
 @pytest.mark.parametrize("text,flag", [

@@ -106,11 +106,18 @@ def grounding(answer: str, passages: Sequence[Passage]) -> Grounding:
     return Grounding(cites=bool(cited), valid=valid, support=support)
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
 def sentences(text: str) -> list[str]:
-    """Sentences of a passage: cut after . ! or ? (and closing quotes) before a capital, digit or quote."""
-    text = text.replace("\n", " ")
-    cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
-    return [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+    """Sentences of a passage: paragraphs (and Markdown headings) apart, then cut after . ! or ? (and closing
+    quotes) before a capital, digit or quote."""
+    out = []
+    for block in _BLANK_LINE.split(text):
+        block = " ".join(block.split())
+        cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(block)), len(block)]
+        out.extend(block[a:b].strip() for a, b in zip(cuts, cuts[1:]) if block[a:b].strip())
+    return out
 
 
 def extractive_answer(question: str, passages: Sequence[Passage]) -> str:
