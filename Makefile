@@ -17,15 +17,10 @@ export LLMBOOK_DATA
 export PYTHONHASHSEED := 0
 export LLMBOOK_QUIET := 1
 
-# Notebooks whose every output is deterministic: checked strictly by nbval; the rest are checked laxly.
-NOTEBOOKS_STRICT := notebooks/costs.ipynb
-NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
-NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
-
 # System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code).
 SYSTEM_PACKAGES := bubblewrap libseccomp2
 
-.PHONY: book test venv notebooks check clean sysdeps
+.PHONY: book book-latex test venv notebooks freeze check clean sysdeps
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -59,16 +54,20 @@ sysdeps:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
 	echo "make sysdeps: apt-get could not install $$missing (tests that need them are skipped)"
 
+# The unit, parity and chapter tests, then the notebooks (nbval) in a new venv with only the README's install
+# and no LLMBOOK_DATA: their data comes through the registry's downloads from the data folder served on
+# 127.0.0.1 (tests/test_fresh_runtime.py).
 test: export OMP_NUM_THREADS = 1
 test: sysdeps $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
-	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
-	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests
+	LLMBOOK_TORCH="$(TORCH)" $(PY) -m pytest -q -m fresh_runtime tests/test_fresh_runtime.py
 
-book: $(VENV)/.installed-book
-	@command -v quarto >/dev/null 2>&1 || [ -x $(VENV)/bin/quarto ] || \
-	  $(PIP) install -q "quarto-cli>=1.9" >/dev/null 2>&1 || true
-	@QUARTO=$$(command -v quarto || ls $(VENV)/bin/quarto 2>/dev/null); \
+# Quarto: the `quarto` on PATH (>= 1.9), else the quarto-cli package from PyPI in .venv (it downloads
+# Quarto when installed); otherwise stop and say how to install it. Chapters are not executed when
+# _freeze/ is in sync with them (execute: freeze: auto); `make freeze` refreshes it.
+QUARTO_FIND = command -v quarto >/dev/null 2>&1 || [ -x $(VENV)/bin/quarto ] || \
+	  $(PIP) install -q "quarto-cli>=1.9" >/dev/null 2>&1 || true; \
+	QUARTO=$$(command -v quarto || ls $(VENV)/bin/quarto 2>/dev/null); \
 	if [ -z "$$QUARTO" ] || ! "$$QUARTO" --version >/dev/null 2>&1; then \
 	  echo "make book: the Quarto CLI (>= 1.9) is not installed, and installing it with pip (quarto-cli) failed."; \
 	  echo "Install Quarto from https://quarto.org/docs/get-started/ (or your package manager), then run 'make book' again."; \
@@ -78,11 +77,22 @@ book: $(VENV)/.installed-book
 	if ! $(PY) -c "import sys; sys.exit(tuple(map(int, '$$VERSION'.split('.')[:2])) < (1, 9))"; then \
 	  echo "make book: Quarto $$VERSION is too old; the book needs Quarto >= 1.9 (Typst books). Upgrade from https://quarto.org/docs/get-started/"; \
 	  exit 1; \
-	fi; \
+	fi
+
+book: $(VENV)/.installed-book
+	@$(QUARTO_FIND); \
 	PATH="$(abspath $(VENV))/bin:$$PATH" QUARTO_PYTHON="$(abspath $(PY))" "$$QUARTO" render
+
+# The PDF through LaTeX (LuaLaTeX; see _quarto-latex.yml for the TeX Live packages it needs).
+book-latex: $(VENV)/.installed-book
+	@$(QUARTO_FIND); \
+	PATH="$(abspath $(VENV))/bin:$$PATH" QUARTO_PYTHON="$(abspath $(PY))" "$$QUARTO" render --profile latex --to pdf
 
 notebooks: $(VENV)/.installed-test
 	$(PY) scripts/booktools.py notebooks
+
+freeze: $(VENV)/.installed-test
+	$(PY) scripts/booktools.py freeze
 
 check: $(VENV)/.installed-test
 	$(PY) scripts/booktools.py check

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import lzma
-import os
 import sys
 import time
 from dataclasses import replace
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 
+from llmbook.data.registry import fetch  # noqa: E402
 from llmbook.data.dedup import MinHashConfig, jaccard, minhash_signatures, near_duplicates, shingles  # noqa: E402
 from llmbook.data.planted import EDIT_KINDS, near_copy  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--num-perm", type=int, default=128)
     args = ap.parse_args(argv)
-    data = Path(os.environ["LLMBOOK_DATA"]) / "gutenberg" / "gutenberg_en.txt.xz"
+    data = fetch("gutenberg/gutenberg_en.txt.xz")
     with lzma.open(data, "rt", encoding="utf-8") as f:
         paragraphs = (" ".join(p.split()) for p in f.read(40_000_000).split("\n\n"))
         base = list(itertools.islice((p for p in paragraphs if len(p.split()) >= 50), args.docs))

@@ -11,7 +11,6 @@ initialised: the time, not the accuracy, is the point).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 
+from llmbook.data.registry import fetch
 from llmbook.eval.harness import build_context, mc_requests
 from llmbook.eval.models import HFCausalLM
 from llmbook.eval.tasks import get_task
@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    data_dir = Path(os.environ["LLMBOOK_DATA"])
     task = get_task("hellaswag")
-    docs = task.load(data_dir)
-    text = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:300_000]
+    docs = task.load()
+    text = fetch("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:300_000]
     tok = train_bpe_tokenizer([text], vocab_size=2048)
     model = tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=256, n_embd=args.n_embd,
                           n_layer=args.n_layer, n_head=max(1, args.n_embd // 64))

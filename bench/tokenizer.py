@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from llmbook.data.registry import fetch  # noqa: E402
 from llmbook.tokenizer import BPETokenizer, bytes_per_token, train_hf_tokenizer  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encode-bytes", type=int, default=1_000_000)
     ap.add_argument("--vocab-size", type=int, default=4096)
     args = ap.parse_args(argv)
-    data = Path(os.environ["LLMBOOK_DATA"]) / "gutenberg" / "gutenberg_en.txt.xz"
+    data = fetch("gutenberg/gutenberg_en.txt.xz")
     with lzma.open(data, "rb") as f:
         raw = f.read(args.train_bytes + args.encode_bytes)
     train = raw[: args.train_bytes].decode("utf-8", "ignore")

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the repository root, the book tooling, the data directory and the code sandbox."""
+"""Shared test fixtures: the repository root, the book tooling, the data (through the data registry) and the
+code sandbox."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+# Tests never reach the internet: the registry may resolve data from LLMBOOK_DATA or the cache, and tests
+# that download start their own server on 127.0.0.1.
+os.environ["LLMBOOK_OFFLINE"] = "1"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: two workers already fill two cores
 
@@ -25,11 +30,29 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The local copy of the shared data (LLMBOOK_DATA); tests that need it skip without it."""
-    value = os.environ.get("LLMBOOK_DATA")
-    if not value or not Path(value).is_dir():
+    """The local copy of the data folder (the registry's `LLMBOOK_DATA` root); tests that need it skip without it.
+    Tests that read a data file use `data_file` instead."""
+    from llmbook.data import registry
+
+    root = registry.local_root()
+    if root is None:
         pytest.skip("LLMBOOK_DATA is not set to a data directory")
-    return Path(value)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_file():
+    """`data_file("folder/file") -> Path` through the data registry (LLMBOOK_DATA or the cache); skips the test
+    when the file is not there, since tests never download from the internet."""
+    from llmbook.data import registry
+
+    def get(name: str) -> Path:
+        try:
+            return registry.fetch(name)
+        except registry.DataUnavailable as err:
+            pytest.skip(str(err))
+
+    return get
 
 
 def _can_install_system_packages() -> bool:

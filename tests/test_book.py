@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import booktools
@@ -54,11 +55,9 @@ def test_reference_checker_catches_problems(tmp_path, monkeypatch):
     assert len(problems) == 4  # fig-missing, no-such-key, fig-cap, fig-alt
 
 
-def test_options_and_inline_expressions_are_parsed():
+def test_options_are_parsed():
     options, code = booktools.parse_options("#| label: fig-x\n#| eval: false\nprint(1)")
     assert options == {"label": "fig-x", "eval": False} and code == "print(1)"
-    code = booktools.inline_to_code("We need `{python} n` GPUs and `{python} f(2)` days.")
-    assert "_inline(n)" in code and "_inline(f(2))" in code and "'We need '" in code
 
 
 @pytest.mark.parametrize(
@@ -67,38 +66,6 @@ def test_options_and_inline_expressions_are_parsed():
 )
 def test_inline_formatting(value, text):
     assert inline(value) == text
-
-
-def test_notebook_generation_marks_cells(tmp_path, monkeypatch):
-    chapter = tmp_path / "chapters" / "demo.qmd"
-    chapter.parent.mkdir()
-    chapter.write_text(
-        "---\ntitle: x\n---\n# Demo {#sec-demo}\n\n"
-        "```{python}\n#| include: false\nn = 3\n```\n\nWe have `{python} n` things.\n\n"
-        "```{python}\n#| eval: false\nimport gpu_only\n```\n\n"
-        "```{python}\n#| nbval: ignore\nprint(time.time())\n```\n",
-        encoding="utf-8",
-    )
-    nb = booktools.make_notebook(chapter)
-    sources = [c.source for c in nb.cells]
-    assert "colab.research.google.com" in sources[0] and "google.colab" in sources[1]
-    assert not any("#|" in s for s in sources), "Quarto options must be stripped from notebooks"
-    assert any(s.startswith("# NBVAL_SKIP") and "import gpu_only" in s for s in sources)
-    assert any(s.startswith("# NBVAL_IGNORE_OUTPUT") and "time.time()" in s for s in sources)
-    assert any("_inline(n)" in s for s in sources)
-    executable, labels = booktools.executable(chapter)
-    cells = [c.source for c in executable.cells]
-    assert cells[0] == "n = 3" and "_inline(n)" in cells[1] and "time.time()" in cells[2]
-    assert len(cells) == 3 and not any("gpu_only" in c for c in cells)  # the eval: false cell is left out
-    assert labels[0] == "code cell 1" and labels[1].startswith("inline expressions")
-
-
-def test_chapter_failure_names_chapter_and_cell(tmp_path):
-    chapter = tmp_path / "broken.qmd"
-    chapter.write_text("# Broken\n\n```{python}\nx = 1\n```\n\n```{python}\n#| label: fig-bad\n1 / 0\n```\n")
-    nb, labels = booktools.executable(chapter)
-    with pytest.raises(booktools.ExecutionFailed, match=r"broken\.qmd: code cell 2 \(fig-bad\) failed"):
-        booktools.execute(nb, tmp_path, chapter.name, labels)
 
 
 def test_setup_is_reproducible():
@@ -125,3 +92,131 @@ def test_bibliography_entries_are_well_formed(root):
         body = re.sub(r"(?m)^%.*$", "", entry)
         assert body.count("{") == body.count("}"), f"references.bib: entry {key} has unbalanced braces"
         assert re.search(r"\btitle\s*=", body) and re.search(r"\byear\s*=", body), f"{key}: needs title and year"
+
+
+def test_bibliography_passes_pandoc():
+    """pandoc reads references.bib as Quarto does (biblatex), keeps every entry and formats all of them."""
+    problems = booktools.check_bibliography()
+    assert not problems, "\n".join(problems)
+
+
+def test_bibliography_check_catches_what_pandoc_rejects(tmp_path):
+    bib = tmp_path / "bad.bib"
+    bib.write_text(
+        "@inproceedings{pascanu2013difficulty,\n  title = {On the Difficulty of Training Recurrent Neural Networks},\n"
+        "  year = {2013},\n  url = {https://arxiv.org/abs/1211.5063}\n  year    = {2020}\n}\n",
+        encoding="utf-8",
+    )
+    problems = booktools.check_bibliography(bib)
+    assert problems and "bad.bib" in problems[0] and "pandoc cannot read it" in problems[0]
+
+
+# ---------------------------------------------------------------------------------------------- source and text
+def _fenced_code(markdown: str) -> str:
+    lines = markdown.splitlines()
+    assert lines[0] in ("```python", "````python") and lines[-1] in ("```", "````")
+    return "\n".join(lines[1:-1])
+
+
+def test_show_source_fits_the_page_and_is_python():
+    import ast
+
+    from llmbook.book import PAGE_WIDTH, show_source
+    from llmbook.eval import bleu
+    from llmbook.train.trainer import Trainer
+
+    for obj in (bleu.bleu_from_statistics, Trainer.train_step):
+        code = _fenced_code(show_source(obj).data)
+        assert code.splitlines()[0] in ("# llmbook/eval/bleu.py", "# llmbook/train/trainer.py")
+        assert max(len(line) for line in code.splitlines()) <= PAGE_WIDTH
+        ast.parse(code)
+
+
+def test_show_source_excerpts_keep_context_and_stay_valid():
+    import ast
+
+    from llmbook.book import show_source
+    from llmbook.train.trainer import Trainer
+
+    whole = _fenced_code(show_source(Trainer.train_step).data)
+    part = _fenced_code(show_source(Trainer.train_step, lines=(r"for micro in", r"loss_t = ")).data)
+    block = _fenced_code(show_source(Trainer.train_step, lines=r"if reason:").data)
+    for code in (part, block):
+        ast.parse(code)
+        assert "def train_step(self)" in code and "    ..." in code
+        assert len(code.splitlines()) < len(whole.splitlines())
+    assert "for micro in range(accum):" in part and "loss_t = all_reduce_mean" in part
+    assert "self.scaler.step" not in part  # after the excerpt
+    assert "if reason:" in block and "raise TrainingDiverged(" in block
+    with pytest.raises(ValueError, match="no line of Trainer.train_step matches 'no such line'"):
+        show_source(Trainer.train_step, lines="no such line")
+    with pytest.raises(ValueError, match="outside"):
+        show_source(Trainer.train_step, lines=(5, 10_000))
+
+
+def test_show_source_wraps_long_comments_and_docstrings():
+    from llmbook.book import _fit
+
+    code = ("def f(x):\n    \"\"\"" + "word " * 30 + "\"\"\"\n    y = x + 1  # " + "because " * 15 + "\n"
+            + "    # " + "note " * 25 + "\n    return y\n")
+    fitted = _fit(code, 60)
+    assert max(len(line) for line in fitted.splitlines()) <= 60
+    compile(fitted, "f", "exec")
+    assert fitted.count("word") == 30 and fitted.count("because") == 15 and fitted.count("note") == 25
+
+
+def test_printable_escapes_what_fonts_cannot_show():
+    from llmbook.book import printable
+
+    assert printable("ok\tline\nnext") == "ok\tline\nnext"
+    assert printable("bad \ufffd\x00\x1b[0m\u200b") == "bad \\ufffd\\x00\\x1b[0m\\u200b"
+    assert printable("東京 🙂 café") == "東京 🙂 café"
+
+
+def test_md_code_is_literal_for_pandoc():
+    from llmbook.book import md_code
+
+    cell = md_code(repr("Question: What is 2 + 2?\nAnswer:"))
+    assert cell == "`'Question: What is 2 + 2?\\nAnswer:'`"
+    out, _ = booktools.run_pandoc(["-f", "markdown", "-t", "json"], cell)
+    inline = json.loads(out)["blocks"][0]["c"]
+    assert [i["t"] for i in inline] == ["Code"] and inline[0]["c"][1] == "'Question: What is 2 + 2?\\nAnswer:'"
+    raw, _ = booktools.run_pandoc(["-f", "markdown", "-t", "json"], "'Question?\\nAnswer:'")
+    assert "RawInline" in raw  # what md_code prevents
+    assert md_code("a `tick`") == "``a `tick```" or md_code("a `tick`") == "`` a `tick` ``"
+
+
+def test_md_table_fits_the_text_width():
+    from llmbook.book import TABLE_WIDTH, md_table
+
+    narrow = md_table([["a", 1]], ["name", "n"]).data
+    wide = md_table([["x" * 40, "a | b", "y" * 40]], ["first", "second", "third"]).data
+    assert narrow.splitlines()[1] == "|:--|--:|"
+    assert len(wide.splitlines()[1]) > 72  # pandoc then uses relative widths
+    for table, relative in ((narrow, False), (wide, True)):
+        out, _ = booktools.run_pandoc(["-f", "markdown", "-t", "json"], table)
+        block = json.loads(out)["blocks"][0]
+        assert block["t"] == "Table"
+        widths = [spec[1] for spec in block["c"][2]]
+        assert all(w["t"] == ("ColWidth" if relative else "ColWidthDefault") for w in widths)
+        if relative:
+            assert sum(w["c"] for w in widths) <= 1.0 + 1e-9
+            assert len(block["c"][4][0][3][0][1]) == 3  # the escaped | did not split a cell
+    assert TABLE_WIDTH < 88
+    with pytest.raises(ValueError, match="align"):
+        md_table([[1, 2]], ["a", "b"], align="lx")
+
+@pytest.mark.parametrize("hours, text", [(0.01, "36 s"), (0.5, "30 min"), (3.4, "3.4 h"), (47, "47 h"),
+                                         (24 * 5.2, "5.2 days"), (24 * 400, "400 days"), (24 * 365 * 3, "3 years")])
+def test_duration_picks_a_readable_unit(hours, text):
+    from llmbook.book import duration
+
+    assert duration(hours) == text
+
+
+@pytest.mark.parametrize("value, unit, text", [(430, "g", "430 g"), (12_000, "g", "12 kg"), (3.4e6, "g", "3.4 t"),
+                                               (2.5e9, "g", "2.5 kt"), (1.5e6, "Wh", "1.5 MWh"), (0.5, "Wh", "0.5 Wh")])
+def test_si_prefixes(value, unit, text):
+    from llmbook.book import si
+
+    assert si(value, unit) == text

@@ -17,6 +17,7 @@ from llmbook.costs import (
     activation_bytes,
     chinchilla_optimal,
     count_params,
+    decode_step,
     estimate_training,
     flops_per_token,
     isoflop_curve,
@@ -180,6 +181,21 @@ def test_zero_stages_shard_as_in_the_paper(stage, expected):
     assert mem.activations == training_memory(cfg, world_size=1, zero_stage=0).activations
 
 
+@pytest.mark.parametrize("stage, expected", [(0, 4 + 4 + 8), (1, 4 + 4 + 8 / 8), (2, 4 + (4 + 8) / 8), (3, 16 / 8)])
+def test_autocast_layout_shards_like_zero(stage, expected):
+    """llmbook.train's layout: fp32 weights (4), fp32 grads (4) and two fp32 moments (8), sharded by stage."""
+    cfg = GPTConfig.from_preset("llama2-7b")
+    n = count_params(cfg).total
+    mem = training_memory(cfg, world_size=8, zero_stage=stage, precision="amp")
+    assert (mem.weights + mem.gradients + mem.optimizer) / n == pytest.approx(expected)
+    d, f, L, V = cfg.n_embd, cfg.ffn_dim, cfg.n_layer, cfg.vocab_size
+    matrices = L * (4 * d * d + 3 * d * f) + V * d
+    if stage < 3:  # autocast's bf16 copy of every weight matrix (MHA: 4 d x d, SwiGLU: 3 d x f, the head)
+        assert mem.working_weights == 2 * matrices
+    else:  # FSDP2: two gathered bf16 blocks and the embedding/head
+        assert mem.working_weights == 2 * (2 * (matrices - V * d) / L + V * d)
+
+
 def test_state_bytes_match_a_real_adamw_step():
     """Weights, gradients and AdamW moments of an fp32 model after one step, counted byte for byte."""
     torch.manual_seed(0)
@@ -248,6 +264,23 @@ def test_kv_cache_matches_transformers_cache():
     mha = GPTConfig.from_preset("llama2-7b")
     gqa = GPTConfig.from_preset("llama2-70b")
     assert kv_cache_bytes(gqa, 1, 4096) / gqa.n_layer < kv_cache_bytes(mha, 1, 4096) / mha.n_layer
+
+
+def test_decode_step_reads_every_weight_once_per_step():
+    cfg = GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp="swiglu",
+                    norm="rmsnorm", pos_emb="rope", bias=False, tie_weights=False)
+    p = count_params(cfg)
+    matmul = p.attention + p.mlp + 100 * 32
+    step = decode_step(cfg, batch=3, context=40)
+    assert step.flops == 3 * (2 * matmul + 4 * 2 * 40 * 32)
+    assert step.weight_bytes == 2 * (matmul + p.norm)  # the embedding table is only looked up, not read whole
+    assert step.kv_bytes == kv_cache_bytes(cfg, 3, 40) == 2 * 2 * 3 * 40 * 2 * 8 * 2
+    assert step.kv_share == step.kv_bytes / (step.kv_bytes + step.weight_bytes)
+    # batch 1, short context: about one FLOP per byte (2 FLOPs per 2-byte weight), far below any ridge point
+    big = decode_step(GPTConfig.from_preset("llama2-7b"), batch=1, context=16)
+    assert big.intensity == pytest.approx(1.0, rel=0.01) and big.kv_share < 0.01
+    with pytest.raises(ValueError, match="batch must be a positive number"):
+        decode_step(cfg, batch=0, context=4)
 
 
 def test_memory_rejects_bad_input():
@@ -344,7 +377,7 @@ def test_cli_chinchilla_and_memory(capsys):
     code, out, _ = run_cli(capsys, "costs", "memory", "--config", "llama2-7b", "--world-size", "8", "--zero", "3",
                            "--json")
     per_gpu = json.loads(out)["bytes_per_gpu"]
-    assert code == 0 and set(per_gpu) == {"weights", "gradients", "optimizer", "activations", "total"}
+    assert code == 0 and set(per_gpu) == {"weights", "gradients", "optimizer", "activations", "working_weights", "total"}
     assert per_gpu["weights"] == pytest.approx(2 * count_params(GPTConfig.from_preset("llama2-7b")).total / 8)
 
 

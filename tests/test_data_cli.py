@@ -128,3 +128,102 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "at least 257" in capsys.readouterr().err
     assert main(["data", "prepare", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path), "--dedup", "fuzzy"]) == 2
     assert main(["data", "tokenize", "--tokenizer", str(tmp_path / "nope.json"), "--input", "x", "--out", str(tmp_path)]) == 2
+
+
+def test_prepare_takes_a_sample_of_a_named_corpus(data_dir, tmp_path, capsys):
+    assert main(["data", "prepare", "--input", "tinystories", "--max-docs", "7", "--dedup", "none",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["input_documents"] == 7
+    assert main(["data", "prepare", "--input", "tinystories", "--max-docs", "0", "--out", str(tmp_path)]) == 2
+    assert "--max-docs must be a positive number" in capsys.readouterr().err
+
+LITERAL_DOCS = ["The model card says that <|endoftext|> ends a document, and so it does.",
+                "<|endoftext|> at the very start, then a story about a red ball.",
+                "A plain story about a dog, a pond and a ball, with no special text at all.",
+                "Two of them: <|endoftext|><|endoftext|> and the end."]
+
+
+def _eos_split(ids: list[int], eos: int) -> list[list[int]]:
+    docs, cur = [], []
+    for i in ids:
+        if i == eos:
+            docs.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    assert not cur, "the stream must end with EOS"
+    return docs
+
+
+@pytest.mark.parametrize("impl", ["scratch", "hf"])
+def test_a_literal_end_of_text_in_a_document_is_text_not_a_boundary(tmp_path, impl):
+    """Special ids come only from the pipeline (EOS after each document), never from raw text, in the from-scratch
+    BPE and in the `tokenizers` path alike, with identical ids."""
+    import numpy as np
+
+    from llmbook.tokenizer.hf import load_hf_tokenizer
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in LITERAL_DOCS * 3))
+    tok_dir, shards = tmp_path / "tok", tmp_path / "shards"
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(tok_dir),
+                 "--impl", impl]) == 0
+    assert main(["data", "tokenize", "--input", str(corpus), "--tokenizer", str(tok_dir), "--out", str(shards),
+                 "--val-fraction", "0"]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    eos = manifest["eos_id"]
+    ids = np.fromfile(shards / "train_00000.bin", dtype=manifest["dtype"]).tolist()
+    docs = _eos_split(ids, eos)
+    assert len(docs) == manifest["documents"] == 12 and manifest["documents_with_literal_eos"] == 9
+    tok = load_hf_tokenizer(tok_dir)
+    assert [tok.decode(d) for d in docs] == LITERAL_DOCS * 3  # the literal survives as text
+    if impl == "scratch":  # the exported tokenizer.json gives exactly the from-scratch ids
+        bpe = BPETokenizer.load(tok_dir / "bpe.json")
+        assert docs == [bpe.encode(t) for t in LITERAL_DOCS * 3]
+    assert eos not in tok.encode("a prompt with <|endoftext|> inside").ids  # generate and eval load it the same way
+
+
+def test_the_trainers_own_shards_treat_a_literal_end_of_text_as_text(tmp_path):
+    import numpy as np
+
+    from llmbook.train.config import DataConfig
+    from llmbook.train.data import prepare
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in LITERAL_DOCS * 5))
+    shards = prepare(DataConfig(datasets=[str(corpus)], tokenizer_vocab=300, val_fraction=0.2,
+                                cache_dir=str(tmp_path / "cache")))
+    manifest = json.loads((shards / "manifest.json").read_text())
+    eos = manifest["eos_id"]
+    for split in ("train", "val"):
+        ids = np.concatenate([np.fromfile(shards / s["file"], dtype=manifest["dtype"])
+                              for s in manifest["splits"][split]["shards"]]).tolist()
+        assert ids.count(eos) == manifest["splits"][split]["documents"]
+
+
+def test_pii_never_leaves_the_pipeline_unredacted(tmp_path, capsys):
+    """With --pii, the report's examples of removed documents, ids and every other string are redacted, including
+    an e-mail that the 160-character example cut would split."""
+    card, email, ip = "4111 1111 1111 1111", "zed@example.com", "10.1.2.3"
+    long_mail = "x" * 150 + " write to " + email  # the e-mail straddles character 160
+    records = [{"text": f"Pay with {card} now", "id": f"from {email}"},  # too short: a filtered-out example
+               {"text": long_mail, "id": "long"},
+               {"text": f"Server {ip} mailed josé@exämple.de " + STORY, "author": email, "id": "kept"}]
+    path = tmp_path / "pii.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    out = tmp_path / "cur"
+    assert main(["data", "prepare", "--input", str(path), "--out", str(out), "--pii", "--min-words", "20",
+                 "--dedup", "none"]) == 0
+    written = (out / "report.json").read_text() + (out / "curated.jsonl").read_text()
+    captured = capsys.readouterr()
+    for secret in (card, "4111", email, "zed@", ip, "josé@"):
+        assert secret not in written + captured.out + captured.err, secret
+    report = json.loads((out / "report.json").read_text())
+    examples = [e for f in report["filters"]["filters"].values() for e in f["examples"]]
+    assert {"id": "from <EMAIL>", "text": "Pay with <CREDIT_CARD> now"} in examples
+    kept = [json.loads(line) for line in (out / "curated.jsonl").read_text().splitlines()]
+    assert kept[0]["author"] == "<EMAIL>" and "<IP_ADDRESS>" in kept[0]["text"]
+    # without --pii the same run keeps the text as it is (the redaction is what removed it above)
+    assert main(["data", "prepare", "--input", str(path), "--out", str(tmp_path / "raw"), "--min-words", "20",
+                 "--dedup", "none"]) == 0
+    assert card in (tmp_path / "raw" / "report.json").read_text()

@@ -15,8 +15,8 @@ from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, data_dir):
-    text = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:50_000]
+def model_dir(tmp_path_factory, data_file):
+    text = data_file("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:50_000]
     tok = train_bpe_tokenizer([text], vocab_size=300)
     out = tmp_path_factory.mktemp("tiny-gpt2")
     tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=128).save_pretrained(out)
@@ -37,8 +37,8 @@ def test_eval_tasks_json(model_dir, data_dir, tmp_path, capsys):
     assert len(saved["results"]["arc_easy"]["items"]) == 4
 
 
-def test_eval_ppl(model_dir, data_dir, tmp_path, capsys):
-    text = (data_dir / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:20_000]
+def test_eval_ppl(model_dir, data_file, tmp_path, capsys):
+    text = data_file("wikitext-2/valid.txt").read_text(encoding="utf-8")[:20_000]
     (tmp_path / "wiki.txt").write_text(text, encoding="utf-8")
     assert main(["eval", "ppl", "--model", str(model_dir), "--input", str(tmp_path / "wiki.txt"),
                  "--wikitext", "--max-length", "64", "--stride", "32", "--json"]) == 0
@@ -47,8 +47,8 @@ def test_eval_ppl(model_dir, data_dir, tmp_path, capsys):
     assert res["stride"] == 32 and res["max_length"] == 64 and res["bits_per_byte"] > 0
 
 
-def test_eval_bleu_and_rouge_files(data_dir, tmp_path, capsys):
-    eng = (data_dir / "flores200" / "eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:50]
+def test_eval_bleu_and_rouge_files(data_file, tmp_path, capsys):
+    eng = data_file("flores200/eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:50]
     hyp = tmp_path / "hyp.txt"
     hyp.write_text("\n".join(" ".join(s.split()[:-2]) for s in eng) + "\n")
     ref = tmp_path / "ref.txt"
@@ -70,8 +70,8 @@ def test_eval_bleu_and_rouge_files(data_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rouge1"] == pytest.approx(corpus_rouge(eng, hyps, stem=False)["rouge1"])
 
 
-def test_eval_contamination(data_dir, tmp_path, capsys):
-    lines = [json.loads(x)["question"] for x in (data_dir / "gsm8k" / "test_dev.jsonl").open()][:2]
+def test_eval_contamination(data_dir, data_file, tmp_path, capsys):
+    lines = [json.loads(x)["question"] for x in data_file("gsm8k/test_dev.jsonl").open()][:2]
     corpus = tmp_path / "train.txt"
     corpus.write_text("unrelated text\n" + "\n".join(lines) + "\n")
     assert main(["eval", "contamination", "--train", str(corpus), "--tasks", "gsm8k", "--data-dir", str(data_dir),
@@ -80,8 +80,8 @@ def test_eval_contamination(data_dir, tmp_path, capsys):
     assert rep["contaminated"] == [0, 1] and rep["n_items"] == 200
 
 
-def test_eval_contamination_sees_ngrams_across_line_breaks(data_dir, tmp_path, capsys):
-    q = json.loads((data_dir / "gsm8k" / "test_dev.jsonl").open().readline())["question"].split()
+def test_eval_contamination_sees_ngrams_across_line_breaks(data_dir, data_file, tmp_path, capsys):
+    q = json.loads(data_file("gsm8k/test_dev.jsonl").open().readline())["question"].split()
     wrapped = "\n".join(" ".join(q[i : i + 5]) for i in range(0, len(q), 5))  # hard-wrapped at 5 words a line
     corpus = tmp_path / "train.txt"
     corpus.write_text("unrelated text\n\n" + wrapped + "\n\nanother document\n")

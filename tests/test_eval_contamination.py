@@ -9,14 +9,14 @@ import pytest
 from llmbook.eval.contamination import ContaminationIndex, drop_contaminated, normalize_words, read_documents
 
 
-def _gsm8k(data_dir, name, limit=None):
-    with (data_dir / "gsm8k" / name).open(encoding="utf-8") as f:
+def _gsm8k(data_file, name, limit=None):
+    with data_file(f"gsm8k/{name}").open(encoding="utf-8") as f:
         return [json.loads(line)["question"] for line in list(f)[:limit]]
 
 
-def test_planted_leaks_are_found_and_dropped(data_dir):
-    test_q = _gsm8k(data_dir, "test_dev.jsonl", 60)
-    corpus = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000].split("\n\n")
+def test_planted_leaks_are_found_and_dropped(data_file):
+    test_q = _gsm8k(data_file, "test_dev.jsonl", 60)
+    corpus = data_file("tinyshakespeare/input.txt").read_text(encoding="utf-8")[:200_000].split("\n\n")
     leaked = [3, 17, 42]
     # leaks are embedded mid-document, re-cased and with punctuation changed: normalisation must see through it
     docs = corpus + [f"Some forum post. {test_q[i].upper().replace(',', ' ;')} Thanks!" for i in leaked]
@@ -39,15 +39,15 @@ def test_partial_overlap_threshold_and_short_items():
     assert skip.contaminated == []
 
 
-def test_gsm8k_train_vs_test_is_clean_at_13_grams(data_dir):
+def test_gsm8k_train_vs_test_is_clean_at_13_grams(data_file):
     # the GSM8K authors wrote disjoint train/test problems: a real corpus with (almost) no leakage
-    test_q = _gsm8k(data_dir, "test_dev.jsonl", 100)
-    rep = ContaminationIndex({"gsm8k": test_q}).scan(_gsm8k(data_dir, "train.jsonl", 2000)).report()["gsm8k"]
+    test_q = _gsm8k(data_file, "test_dev.jsonl", 100)
+    rep = ContaminationIndex({"gsm8k": test_q}).scan(_gsm8k(data_file, "train.jsonl", 2000)).report()["gsm8k"]
     assert rep.fraction < 0.05
 
 
-def test_non_ascii_items_are_scored_and_wordless_items_unscorable(data_dir):
-    zho = (data_dir / "flores200" / "zho_Hans.dev").read_text(encoding="utf-8").splitlines()[:20]
+def test_non_ascii_items_are_scored_and_wordless_items_unscorable(data_file):
+    zho = data_file("flores200/zho_Hans.dev").read_text(encoding="utf-8").splitlines()[:20]
     rus = "Москва является столицей России и крупнейшим городом страны по численности населения и площади территории"
     items = zho + [rus, "", "?!"]
     docs = [f"转载：{zho[4]} 谢谢", "ПРОСТО ТЕКСТ. " + rus.upper(), "nothing to see"]

@@ -19,8 +19,8 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(data_dir):
-    text = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:100_000]
+def tokenizer(data_file):
+    text = data_file("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:100_000]
     return train_bpe_tokenizer([text], vocab_size=400)
 
 
@@ -88,9 +88,9 @@ def test_batching_and_order_do_not_change_scores(hf):
         assert a == pytest.approx(b, abs=1e-5) and ga == gb
 
 
-def test_rolling_loglikelihood_matches_brute_force(hf, data_dir):
+def test_rolling_loglikelihood_matches_brute_force(hf, data_file):
     model, tok = hf
-    text = (data_dir / "tinystories" / "tinystories_valid_sample.txt").read_text(encoding="utf-8")[:300]
+    text = data_file("tinystories/tinystories_valid_sample.txt").read_text(encoding="utf-8")[:300]
     ids = tok.encode(text, add_special_tokens=False)
     seq = [tok.eos_token_id] + ids
     lm = HFCausalLM(model, tok, max_length=32, batch_size=4)
@@ -113,9 +113,9 @@ def test_rolling_loglikelihood_matches_brute_force(hf, data_dir):
     assert disjoint.logprob == pytest.approx(chunks, abs=1e-3) and disjoint.n_tokens == len(ids)
 
 
-def test_perplexity_units_and_stride_effect(hf, data_dir):
+def test_perplexity_units_and_stride_effect(hf, data_file):
     model, tok = hf
-    text = (data_dir / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:6000]
+    text = data_file("wikitext-2/valid.txt").read_text(encoding="utf-8")[:6000]
     docs = perplexity.wikitext_documents(text)
     assert docs[0].startswith("= Homarus gammarus =")
     lm = HFCausalLM(model, tok, max_length=64, batch_size=8)
@@ -316,7 +316,7 @@ def test_requests_with_the_same_input_share_one_forward_pass(hf):
         assert ll == pytest.approx(reference_loglikelihood(model, tok, c, x)[0], abs=1e-4)
 
 
-def test_generation_keeps_room_for_the_answer_and_warns(tokenizer, data_dir):
+def test_generation_keeps_room_for_the_answer_and_warns(tokenizer, data_file):
     lm = HFCausalLM(tiny_hf_model("gpt2", vocab_size=len(tokenizer), n_positions=64, seed=3), tokenizer)
     seen = {}
     orig = lm.greedy_ids
@@ -326,7 +326,7 @@ def test_generation_keeps_room_for_the_answer_and_warns(tokenizer, data_dir):
         return orig(ids, max_tokens, stop)
 
     lm.greedy_ids = spy
-    prompt = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:2000]
+    prompt = data_file("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:2000]
     assert len(lm.encode(prompt)) > 64
     with pytest.warns(RuntimeWarning, match="cut to its last 54 to leave room for 10 new tokens"):
         lm.generate(prompt, max_tokens=10)

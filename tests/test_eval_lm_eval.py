@@ -51,8 +51,8 @@ metric_list: [{{metric: acc}}]
 
 
 @pytest.fixture(scope="module")
-def setup(data_dir, tmp_path_factory):
-    text = (data_dir / "tinystories" / "tinystories_train_sample.txt").read_text(encoding="utf-8")[:100_000]
+def setup(data_dir, data_file, tmp_path_factory):
+    text = data_file("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8")[:100_000]
     tok = train_bpe_tokenizer([text], vocab_size=400)
     model = tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=256, seed=3)
     include = tmp_path_factory.mktemp("lm_eval_tasks")

@@ -15,8 +15,8 @@ rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 N_SEG = 120
 
 
-def _lines(data_dir, lang):
-    return (data_dir / "flores200" / f"{lang}.dev").read_text(encoding="utf-8").splitlines()[:N_SEG]
+def _lines(data_file, lang):
+    return data_file(f"flores200/{lang}.dev").read_text(encoding="utf-8").splitlines()[:N_SEG]
 
 
 def _drop_words(lines, p, seed):
@@ -26,13 +26,13 @@ def _drop_words(lines, p, seed):
 
 
 @pytest.fixture(scope="module")
-def flores(data_dir):
-    eng = _lines(data_dir, "eng_Latn")
+def flores(data_file):
+    eng = _lines(data_file, "eng_Latn")
     return {
         "eng": eng,
-        "deu": _lines(data_dir, "deu_Latn"),
-        "fra": _lines(data_dir, "fra_Latn"),
-        "spa": _lines(data_dir, "spa_Latn"),
+        "deu": _lines(data_file, "deu_Latn"),
+        "fra": _lines(data_file, "fra_Latn"),
+        "spa": _lines(data_file, "spa_Latn"),
         "eng_noisy": _drop_words(eng, 0.3, seed=0),
         "eng_prefix": [" ".join(s.split()[: max(1, len(s.split()) // 2)]) for s in eng],
     }
@@ -94,8 +94,8 @@ def test_bleu_identity_and_disjoint():
 
 
 @pytest.fixture(scope="module")
-def xsum(data_dir):
-    rows = [json.loads(line) for line in (data_dir / "xsum" / "xsum_dev_dev.jsonl").open(encoding="utf-8")]
+def xsum(data_file):
+    rows = [json.loads(line) for line in data_file("xsum/xsum_dev_dev.jsonl").open(encoding="utf-8")]
     refs = [r["summary"] for r in rows]
     lead1 = [r["dialogue"].split("\n")[0] for r in rows]
     lead3 = ["\n".join(r["dialogue"].split("\n")[:3]) for r in rows]

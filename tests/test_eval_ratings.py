@@ -122,8 +122,8 @@ def test_judges_and_position_debiasing():
     assert R.LogLikelihoodJudge(FakeModel())("hello", "x", "y") == "a"
 
 
-def test_hh_rlhf_real_verdicts(data_dir):
-    pairs = R.load_hh_rlhf(data_dir / "hh-rlhf" / "harmless-base_test.jsonl.gz", limit=400)
+def test_hh_rlhf_real_verdicts(data_file):
+    pairs = R.load_hh_rlhf(data_file("hh-rlhf/harmless-base_test.jsonl.gz"), limit=400)
     assert len(pairs) == 400 and all(p.endswith("Assistant:") for p, _, _ in pairs[:5])
     comps = R.style_comparisons(pairs)
     assert 50 < len(comps) < 400

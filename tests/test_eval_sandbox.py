@@ -451,8 +451,8 @@ def test_output_is_capped_and_limits_validated():
 
 
 @sandboxed
-def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(data_dir):
-    problems = [json.loads(line) for line in (data_dir / "humaneval" / "HumanEval_dev.jsonl").open()][:8]
+def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(data_file):
+    problems = [json.loads(line) for line in data_file("humaneval/HumanEval_dev.jsonl").open()][:8]
     good = run_many([humaneval_program(p, p["canonical_solution"]) for p in problems], FAST)
     assert all(r.passed and r.isolation == "bwrap" for r in good), [r.stderr[-300:] for r in good if not r.passed]
     wrong = run_many([humaneval_program(p, "    return None\n") for p in problems], FAST)
@@ -460,8 +460,8 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(data_dir):
 
 
 @sandboxed
-def test_mbpp_reference_code_passes(data_dir):
-    problems = [json.loads(line) for line in (data_dir / "mbpp" / "mbpp_prompt.jsonl").open()][:5]
+def test_mbpp_reference_code_passes(data_file):
+    problems = [json.loads(line) for line in data_file("mbpp/mbpp_prompt.jsonl").open()][:5]
     results = run_many([mbpp_program(p, p["code"]) for p in problems], FAST)
     assert all(r.passed for r in results), [r.stderr[-300:] for r in results]
 

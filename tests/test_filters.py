@@ -41,8 +41,8 @@ def test_clean_text_repairs_truncated_closing_quote():
 
 
 @pytest.mark.parametrize("lang", ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "zho_Hans"])
-def test_clean_text_leaves_flores_unchanged(data_dir, lang):
-    lines = (data_dir / "flores200" / f"{lang}.dev").read_text(encoding="utf-8").splitlines()
+def test_clean_text_leaves_flores_unchanged(data_file, lang):
+    lines = data_file(f"flores200/{lang}.dev").read_text(encoding="utf-8").splitlines()
     nfc = [unicodedata.normalize("NFC", line) for line in lines]
     assert [line for line in nfc if clean_text(line) != line.strip()] == []  # only edge whitespace goes
 
@@ -94,9 +94,9 @@ def test_language_filter_and_repetition_filters_alone():
     assert FILTERS["duplicate_ngrams"](Doc(PROSE), FilterConfig())
 
 
-def test_language_id_on_flores(data_dir):
+def test_language_id_on_flores(data_file):
     for lang, code in [("eng_Latn", "en"), ("deu_Latn", "de"), ("fra_Latn", "fr"), ("spa_Latn", "es"), ("zho_Hans", "zh")]:
-        lines = (data_dir / "flores200" / f"{lang}.dev").read_text(encoding="utf-8").splitlines()
+        lines = data_file(f"flores200/{lang}.dev").read_text(encoding="utf-8").splitlines()
         accuracy = sum(detect_language(line)[0] == code for line in lines) / len(lines)
         assert accuracy >= 0.95, (lang, accuracy)
 

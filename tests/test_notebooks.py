@@ -1,12 +1,116 @@
-"""Companion notebooks exist for every chapter and match it; nbval (run by `make test`) executes them."""
+"""Companion notebooks exist for every chapter and match it; nbval (run by `make test`) executes them.
+
+A notebook reads like the book: inline `{python}` values are written into its text, cross-references
+and citations are words, figures and tables carry their numbered captions, and no progress widget is
+left frozen at "0%". Its setup cell installs, on Colab, exactly what the notebooks import.
+"""
 
 from __future__ import annotations
+
+import re
 
 import booktools
 import nbformat
 import pytest
 
 STEMS = booktools.chapter_stems()
+
+DEMO = '''# Demo {#sec-demo}
+
+```{python}
+#| include: false
+from llmbook.book import setup
+setup()
+n = 1234
+```
+
+## Counting {#sec-demo-count}
+
+We count `{python} n` things [@vaswani2017attention], as @kaplan2020scaling did; see @fig-demo and
+@sec-demo-count. @sec-demo-count has more.
+
+$$
+a = b
+$$ {#eq-demo}
+
+::: {.callout-note title="Try it"}
+Change `n`.
+:::
+
+```{python}
+#| label: fig-demo
+#| fig-cap: "A line (@eq-demo)."
+#| fig-alt: "A line."
+import matplotlib.pyplot as plt
+plt.plot([1, 2])
+plt.show()
+```
+
+```{python}
+from tqdm.auto import tqdm
+for _ in tqdm(range(3)):
+    pass
+```
+'''
+
+
+@pytest.fixture(scope="module")
+def demo_notebook(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("book")
+    (root / "chapters").mkdir()
+    path = root / "chapters" / "demo.qmd"
+    path.write_text(DEMO, encoding="utf-8")
+    monkeypatch_module.setattr(booktools, "book_files", lambda: [path])
+    return path, booktools.make_notebook(path)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_notebook_words_for_references_and_citations(demo_notebook):
+    _, nb = demo_notebook
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    text = "\n\n".join(markdown)
+    assert "## Counting\n" in text and "{#sec" not in text
+    assert "see Figure 1.1 and\nthe section “Counting”. The section “Counting” has more." in text
+    assert "(Vaswani et al. 2017)" in text and "as Kaplan et al. (2020) did" in text
+    assert "\\tag{1.1}$$" in text and "{#eq-demo}" not in text
+    assert "**Try it**" in text and ":::" not in text
+    assert "**Figure 1.1:** A line (Equation 1.1)." in markdown
+    assert markdown[-1].startswith("## References") and "Attention Is All You Need" in markdown[-1]
+    assert "We count `{python} n` things" in text  # filled in when the notebook is executed
+    assert not re.search(r"(?<![\w`])@[\w-]+", text.replace("@sec-demo", "")), "references left unresolved"
+
+
+def test_notebook_execution_writes_values_and_drops_widgets(demo_notebook, tmp_path):
+    _, nb = demo_notebook
+    executed = booktools.execute_notebook(nbformat.from_dict(nb), tmp_path, "demo")
+    text = "\n".join(c.source for c in executed.cells if c.cell_type == "markdown")
+    assert "We count 1234 things" in text and "{python}" not in text
+    assert booktools.notebook_differences(executed, nb) == []
+    edited = nbformat.from_dict(executed)
+    next(c for c in edited.cells if "We count" in c.source).source = "We count many things."
+    assert booktools.notebook_differences(edited, nb)
+    widget = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "  0%|          | 0/3"})
+    bar = nbformat.v4.new_output("stream", name="stderr", text="100%|##########| 3/3 [00:00<00:00]\n")
+    cell = executed.cells[-2]
+    cell.outputs = [widget, bar]
+    executed.metadata["widgets"] = {"state": {}}
+    booktools.strip_progress(executed)
+    assert cell.outputs == [] and "widgets" not in executed.metadata
+
+
+def test_colab_setup_cell_installs_the_notebook_extra(root):
+    nb = booktools.make_notebook(root / "chapters" / f"{STEMS[0]}.qmd")
+    setup = nb.cells[1].source
+    assert 'if "google.colab" in sys.modules:' in setup
+    assert '%pip install -q -e ".[notebook]"' in setup
+    assert f"--branch {booktools.repo_branch()} {booktools.repo_url()}.git" in setup
+    assert booktools.colab_url(STEMS[0]) in nb.cells[0].source
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -15,10 +119,26 @@ def test_notebook_in_sync_with_chapter(stem, root):
     assert path.is_file(), f"notebooks/{stem}.ipynb is missing: run `python scripts/booktools.py notebooks {stem}`"
     committed = nbformat.read(path, as_version=4)
     expected = booktools.make_notebook(root / "chapters" / f"{stem}.qmd")
-    assert booktools.notebook_signature(committed) == booktools.notebook_signature(expected), (
-        f"notebooks/{stem}.ipynb is out of sync with chapters/{stem}.qmd: "
-        f"run `python scripts/booktools.py notebooks {stem}`"
-    )
+    problems = booktools.notebook_differences(committed, expected)
+    assert not problems, (f"notebooks/{stem}.ipynb is out of sync with chapters/{stem}.qmd ({problems[0]}): "
+                          f"run `python scripts/booktools.py notebooks {stem}`")
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_notebook_reads_like_the_book(stem, root):
+    nb = nbformat.read(root / "notebooks" / f"{stem}.ipynb", as_version=4)
+    for cell in nb.cells:
+        source = cell.source
+        if cell.cell_type == "markdown":
+            prose = booktools.prose(source)
+            assert "{python}" not in prose, f"notebooks/{stem}.ipynb: an inline value was not filled in"
+            assert not re.search(r"(?<![\w@.])-?@(fig|tbl|sec|eq)-|\[-?@\w", prose), \
+                f"notebooks/{stem}.ipynb: a cross-reference or citation left as Quarto syntax: {prose[:80]!r}"
+        else:
+            assert "from llmbook.book import inline as _inline" not in source, "a Markdown(...) cell of inline values"
+            kinds = {k for o in cell.get("outputs", []) for k in o.get("data", {})}
+            assert not kinds & set(booktools.WIDGET_MIMES), f"notebooks/{stem}.ipynb: a progress widget output"
+    assert "widgets" not in nb.metadata
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -28,13 +148,6 @@ def test_notebook_committed_with_outputs(stem, root):
     assert any(c.get("outputs") for c in code), f"notebooks/{stem}.ipynb has no outputs: execute it before committing"
     errors = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert not errors, f"notebooks/{stem}.ipynb was committed with errors in code cells {errors}"
-
-
-def test_colab_setup_cell_only_installs_on_colab(root):
-    nb = booktools.make_notebook(root / "chapters" / f"{STEMS[0]}.qmd")
-    setup = nb.cells[1].source
-    assert 'if "google.colab" in sys.modules:' in setup and "pip install" in setup
-    assert booktools.repo_slug() in nb.cells[0].source
 
 
 @pytest.mark.parametrize("stem", STEMS)

@@ -76,3 +76,16 @@ def test_redact_replaces_spans_with_typed_placeholders():
 def test_checksums():
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB82 WEST 1234 5698 7654 33")
+
+
+@pytest.mark.parametrize("text,found", [
+    ("write to josé@exämple.de", [("EMAIL", "josé@exämple.de")]),  # internationalised address (RFC 6531)
+    ("用户@例子.广告 answered", [("EMAIL", "用户@例子.广告")]),
+    ("bound to ::1 and 127.0.0.1", [("IP_ADDRESS", "::1"), ("IP_ADDRESS", "127.0.0.1")]),
+    ("libfoo 1.2.3.4 released", []),  # a version number, not an IP address
+    ("1.2.3.4 is out now", []),
+    ("xs[::1] is the list itself", []),  # a Python slice, not the loopback address
+    ("std::vector and a::b are C++", []),
+])
+def test_the_cases_of_the_issue(text, found):
+    assert [(m.type, m.text) for m in find_pii(text)] == found

@@ -1,12 +1,86 @@
-"""The data registry resolves 'folder/file' names: LLMBOOK_DATA first, then the cache; bad names are refused."""
+"""The data registry: resolution order, validated entries, checksums that match the data folder, and the real
+download code against a server on 127.0.0.1 (success, checksum mismatch, truncated transfer, server error,
+fallback to the next URL), with no partial file left behind."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import json
+import threading
+from functools import partial
+from pathlib import Path
+
 import pytest
 
+from llmbook.cli import main
 from llmbook.data import registry
+from llmbook.data.registry import DataFile, Dataset, Registry, Remote
+from llmbook.fileio import file_sha256
 
 
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A fresh runtime: no LLMBOOK_DATA, an empty cache, downloads allowed."""
+    monkeypatch.delenv("LLMBOOK_DATA", raising=False)
+    monkeypatch.delenv("LLMBOOK_DATA_MIRROR", raising=False)
+    monkeypatch.delenv("LLMBOOK_OFFLINE", raising=False)
+    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; `/fail/500/...` answers 500, `/fail/short/...` promises more bytes than it sends."""
+
+    requests: list[str]
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if self.path.startswith("/fail/500/"):
+            self.send_error(500, "server on fire")
+            return
+        if self.path.startswith("/fail/short/"):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only a few bytes")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def serve():
+    """Start a server on 127.0.0.1 (ephemeral port) for a folder; returns (base URL, list of request paths)."""
+    servers = []
+
+    def start(folder: Path) -> tuple[str, list[str]]:
+        requests: list[str] = []
+        handler = type("H", (Handler,), {"requests": requests})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------- resolution
 def test_fetch_prefers_local_copy_then_cache(tmp_path, monkeypatch):
     local, cache = tmp_path / "local", tmp_path / "cache"
     (local / "toy").mkdir(parents=True)
@@ -19,14 +93,169 @@ def test_fetch_prefers_local_copy_then_cache(tmp_path, monkeypatch):
     assert registry.fetch("toy/a.txt").read_text() == "local"
 
 
-@pytest.mark.parametrize("name", ["", "a.txt", "/etc/passwd", "../x/y", "toy/../../etc/passwd"])
+@pytest.mark.parametrize("name", ["", "a.txt", "/etc/passwd", "../x/y", "toy/../../etc/passwd", "toy\\..\\x"])
 def test_fetch_refuses_names_outside_the_data_root(name):
     with pytest.raises(ValueError, match="folder/file"):
         registry.fetch(name)
 
 
-def test_missing_file_error_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLMBOOK_DATA", raising=False)
-    with pytest.raises(FileNotFoundError, match="toy/missing.txt"):
+def test_missing_file_error_names_the_file(env):
+    with pytest.raises(FileNotFoundError, match="toy/missing.txt.*no such file"):
         registry.fetch("toy/missing.txt")
+
+
+def test_offline_refuses_to_download(env, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_OFFLINE", "1")
+    with pytest.raises(registry.DataUnavailable, match="gsm8k/test_dev.jsonl.*LLMBOOK_OFFLINE"):
+        registry.fetch("gsm8k/test_dev.jsonl")
+    assert leftovers(env) == []
+
+
+# ---------------------------------------------------------------------------------------------- entries
+def test_catalog_lists_every_file_of_the_data_folder_with_matching_checksums(data_dir):
+    """Every file of the data folder is in the registry, and every registry sha256 and size is the local copy's
+    (so a mirror of the folder, and byte-identical public files, download to the same bytes)."""
+    reg = registry.registry()
+    on_disk = {str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file() and p.name != "SOURCES.md"}
+    assert on_disk == set(reg.files)
+    for path, entry in reg.files.items():
+        assert (file_sha256(data_dir / path), (data_dir / path).stat().st_size) == (entry.sha256, entry.size), path
+
+
+def test_catalog_entries_are_complete():
+    reg = registry.registry()
+    for ds in reg.datasets.values():
+        assert ds.licence and ds.source and (ds.files or ds.hub), ds.name
+        for f in ds.files:
+            assert f.convert is not None or f.inputs[0].urls[0].startswith("https://raw.githubusercontent.com/")
+            assert all(len(r.urls) >= 2 for r in f.inputs), f"{f.path}: one dead link would break it"
+    assert reg.dataset("gutenberg").files[0].content_sha256  # a rebuilt archive is checked by its content
+    with pytest.raises(ValueError, match="unknown data set 'nope'"):
+        reg.dataset("nope")
+
+
+def test_citations_are_in_the_bibliography(root):
+    bib = (root / "references.bib").read_text(encoding="utf-8")
+    for ds in registry.registry().datasets.values():
+        if ds.citation:
+            assert "{" + ds.citation + "," in bib, f"{ds.name}: citation {ds.citation!r} is not in references.bib"
+
+
+def _file(path="toy/a.txt", data=b"hello\n", urls=("https://example.org/a.txt",), **kw) -> DataFile:
+    return DataFile(path, sha(data), len(data), (Remote(urls, sha(data), len(data)),), **kw)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: DataFile("toy/a.txt", "abc", 1, ()), "64 lower-case hex"),
+    (lambda: DataFile("a.txt", "0" * 64, 1, ()), "folder/file"),
+    (lambda: DataFile("toy/a.txt", "0" * 64, 0, ()), "size must be positive"),
+    (lambda: DataFile("toy/a.txt", "0" * 64, 5, (Remote(("https://x.org/a",), "1" * 64, 5),)), "byte-identical"),
+    (lambda: DataFile("toy/a.txt", "0" * 64, 5, (), "nope"), "unknown converter 'nope'"),
+    (lambda: Remote(("ftp://x.org/a",), "0" * 64, 5), "https://"),
+    (lambda: Remote(("http://example.org/a",), "0" * 64, 5), "https://"),
+    (lambda: Dataset("Bad Name", "t", "MIT", "s", (_file(),)), "lower-case"),
+    (lambda: Dataset("other", "t", "MIT", "s", (_file(),)), "outside its folder"),
+    (lambda: Dataset("toy", "t", " ", "s", (_file(),)), "licence is empty"),
+    (lambda: Registry([Dataset("toy", "t", "MIT", "s", (_file(), _file()))]), "registered twice"),
+])
+def test_invalid_entries_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# ---------------------------------------------------------------------------------------------- downloads
+def test_mirror_download_checks_and_caches(data_dir, env, serve, monkeypatch):
+    base, requests = serve(data_dir)
+    monkeypatch.setenv("LLMBOOK_DATA_MIRROR", base + "/")
+    path = registry.fetch("gsm8k/test_dev.jsonl", progress=False)
+    assert path == env / "data" / "gsm8k" / "test_dev.jsonl"
+    assert path.read_bytes() == (data_dir / "gsm8k" / "test_dev.jsonl").read_bytes()
+    assert registry.fetch("gsm8k/test_dev.jsonl") == path and requests == ["/gsm8k/test_dev.jsonl"]  # cached
+    assert [p.name for p in leftovers(env)] == ["test_dev.jsonl"]
+
+
+def test_checksum_mismatch_names_file_and_both_digests(env, serve, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / "gsm8k").mkdir(parents=True)
+    (mirror / "gsm8k" / "test_dev.jsonl").write_bytes(b"tampered\n")
+    base, _ = serve(mirror)
+    monkeypatch.setenv("LLMBOOK_DATA_MIRROR", base)
+    expected = registry.registry().files["gsm8k/test_dev.jsonl"].sha256
+    with pytest.raises(registry.DataUnavailable) as err:
+        registry.fetch("gsm8k/test_dev.jsonl", progress=False)
+    assert "gsm8k/test_dev.jsonl" in str(err.value) and expected in str(err.value) and sha(b"tampered\n") in str(err.value)
+    assert leftovers(env) == []
+
+
+@pytest.mark.parametrize("url_path, message", [("fail/short/x.txt", "cut short"), ("fail/500/x.txt", "500")])
+def test_failed_transfers_leave_nothing_and_fall_back_to_the_next_url(tmp_path, serve, url_path, message):
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"payload\n")
+    base, requests = serve(folder)
+    dest = tmp_path / "out" / "x.txt"
+    with pytest.raises(registry.DataUnavailable, match=f"'x.txt'.*{message}"):
+        registry.download([f"{base}/{url_path}"], dest, sha(b"payload\n"), 8, "x.txt", progress=False)
+    assert leftovers(tmp_path / "out") == []
+    registry.download([f"{base}/{url_path}", f"{base}/x.txt"], dest, sha(b"payload\n"), 8, "x.txt", progress=False)
+    assert dest.read_bytes() == b"payload\n" and leftovers(tmp_path / "out") == [dest]
+    assert requests[-2:] == [f"/{url_path}", "/x.txt"]
+
+
+def test_unreachable_server_is_reported(tmp_path):
+    with pytest.raises(registry.DataUnavailable, match="could not download 'x.txt': http://127.0.0.1:9/x.txt"):
+        registry.download(["http://127.0.0.1:9/x.txt"], tmp_path / "x.txt", "0" * 64, 1, "x.txt", progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_converted_file_is_rebuilt_from_upstream_and_checked(env, serve, tmp_path):
+    upstream = b'{"q": 1}\n{"q": 2}\n{"q": 3}'
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "test.jsonl").write_bytes(upstream)
+    base, _ = serve(folder)
+    remote = Remote((f"{base}/fail/500/test.jsonl", f"{base}/test.jsonl"), sha(upstream), len(upstream))
+    good = b'{"q": 1}\n{"q": 2}\n'
+    entry = DataFile("toy/dev.jsonl", sha(good), len(good), (remote,), "head", (2,))
+    assert registry.obtain(entry, env / "data" / "toy" / "dev.jsonl", progress=False).read_bytes() == good
+    assert (env / "upstream" / sha(upstream)).read_bytes() == upstream  # upstream files are cached by checksum
+    wrong = DataFile("toy/dev3.jsonl", sha(good), len(good), (remote,), "head", (3,))
+    with pytest.raises(registry.ChecksumMismatch, match=f"toy/dev3.jsonl.*expected {sha(good)}"):
+        registry.obtain(wrong, env / "data" / "toy" / "dev3.jsonl", progress=False)
+    assert not (env / "data" / "toy" / "dev3.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_list_shows_every_data_set_with_size_and_licence(capsys):
+    assert main(["data", "download", "--list"]) == 0
+    out = capsys.readouterr().out
+    for ds in registry.registry().datasets.values():
+        line = next(line for line in out.splitlines() if line.startswith(ds.name + " "))
+        assert ds.licence in line and (registry.human_size(ds.size) in line if ds.files else "sample" in line)
+    assert main(["data", "download", "--list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(registry.registry().datasets)
+    assert all(r["licence"] and isinstance(r["bytes"], int) for r in rows)
+
+
+def test_cli_download_through_a_mirror(data_dir, env, serve, monkeypatch, capsys):
+    base, _ = serve(data_dir)
+    monkeypatch.setenv("LLMBOOK_DATA_MIRROR", base)
+    assert main(["data", "download", "winogrande", "mmlu/mmlu_dev.csv", "--json"]) == 0
+    fetched = json.loads(capsys.readouterr().out)
+    assert set(fetched) == {"winogrande/winogrande_dev_dev.jsonl", "winogrande/README.winogrande.md", "mmlu/mmlu_dev.csv"}
+    for rel, where in fetched.items():
+        assert Path(where).read_bytes() == (data_dir / rel).read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "name the data sets"),
+    (["--all", "gsm8k"], "not both"),
+    (["nope"], "unknown data set 'nope'"),
+    (["gsm8k/nope.jsonl"], "unknown data file"),
+    (["fineweb-edu"], "streamed from the hub"),
+])
+def test_cli_download_errors_are_one_line(argv, message, env, capsys):
+    assert main(["data", "download", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

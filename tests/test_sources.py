@@ -88,6 +88,19 @@ def test_named_corpora(data_dir):
     assert wiki[0]["text"].startswith(" = Homarus gammarus =")
     books = list(itertools.islice(load_corpus("gutenberg"), 2))
     assert books[0]["title"].startswith("Alice") and books[0]["id"] == "gutenberg:11" and len(books[0]["text"]) > 100_000
+    assert [len(list(load_corpus(name, max_docs=3))) for name in ("tinystories", "gutenberg")] == [3, 3]
+
+
+def test_hub_corpora_stream_a_sample_through_the_registry(monkeypatch):
+    from llmbook.data import sources
+
+    calls = []
+    monkeypatch.setattr(sources, "read_hf", lambda *args, **kw: calls.append((args, kw)) or iter(()))
+    list(load_corpus("fineweb-edu", max_docs=5))
+    assert calls[0][0][:4] == ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text")
+    assert calls[0][1]["max_docs"] == 5 and calls[0][1]["revision"]
+    with pytest.raises(FileNotFoundError, match="not a corpus name.*fineweb-edu.*tinystories-hub"):
+        load_corpus("fineweb")
 
 
 def test_mixture_is_seeded_and_weighted():

@@ -186,26 +186,26 @@ def test_export_matches_hf_on_small_text(small_tok, tmp_path, pattern):
     assert tok.pattern == PATTERNS[pattern]
 
 
-def _read(data_dir, name, limit):
-    path = data_dir / name
+def _read(data_file, name, limit):
+    path = data_file(name)
     if name.endswith(".xz"):
         with lzma.open(path, "rt", encoding="utf-8") as f:
             return f.read(limit)
     return path.read_text(encoding="utf-8")[:limit]
 
 
-def test_export_parity_on_megabytes_of_real_text(data_dir, tmp_path):
+def test_export_parity_on_megabytes_of_real_text(data_file, tmp_path):
     """Train on one set of corpora, encode several MB of held-out text (English, German, French, Chinese)."""
     scale = 4 if os.environ.get("LLMBOOK_FULL") else 1
-    train = _read(data_dir, "tinystories/tinystories_train_sample.txt", 400_000) + _read(
-        data_dir, "tinyshakespeare/input.txt", 400_000
+    train = _read(data_file, "tinystories/tinystories_train_sample.txt", 400_000) + _read(
+        data_file, "tinyshakespeare/input.txt", 400_000
     )
     tok = BPETokenizer().train(train, 1024, progress=False)
     held = [
-        _read(data_dir, "wikitext-2/valid.txt", 10**9),
-        _read(data_dir, "tinystories/tinystories_valid_sample.txt", 10**9),
-        _read(data_dir, "gutenberg/gutenberg_en.txt.xz", 1_000_000 * scale),
-        *(_read(data_dir, f"flores200/{lang}.dev", 10**9) for lang in ("deu_Latn", "fra_Latn", "zho_Hans")),
+        _read(data_file, "wikitext-2/valid.txt", 10**9),
+        _read(data_file, "tinystories/tinystories_valid_sample.txt", 10**9),
+        _read(data_file, "gutenberg/gutenberg_en.txt.xz", 1_000_000 * scale),
+        *(_read(data_file, f"flores200/{lang}.dev", 10**9) for lang in ("deu_Latn", "fra_Latn", "zho_Hans")),
     ]
     assert sum(len(h.encode()) for h in held) > 3_000_000
     hf = Tokenizer.from_file(str(tok.to_hf_json(tmp_path / "tokenizer.json")))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import OptimConfig, RunConfig, load_config
 from llmbook.train.optim import lr_at, param_groups
 from llmbook.train.trainer import Trainer, TrainingDiverged, read_metrics
-from train_fixtures import config_text, make_shards
+from train_fixtures import config_text, make_bpe_shards, make_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -297,22 +298,49 @@ def test_cli_train_generate_export(tmp_path, capsys):
     assert "already holds checkpoints" in capsys.readouterr().err
 
 
-def test_measured_memory_matches_costs_model():
-    """Weights, gradients and AdamW state are exact; saved activations within 10% of llmbook.costs (fp32)."""
+MEMORY_SHAPES = {
+    "gpt2": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
+    "llama": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
+                       norm="rmsnorm", pos_emb="rope", bias=False, tie_weights=False),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MEMORY_SHAPES))
+@pytest.mark.parametrize("precision, autocast_dtype", [("fp32", None), ("amp", torch.bfloat16)])
+def test_measured_memory_matches_costs_model(shape, precision, autocast_dtype):
+    """Weights, gradients, AdamW state and autocast's weight copies are exact; saved activations within 2%.
+
+    "amp" is what the trainer does with precision = "bf16": fp32 weights, grads and moments under autocast.
+    """
     from llmbook import costs
     from llmbook.train.memory import measure_training_memory, saved_activation_bytes
     from llmbook.train.trainer import apply_activation_checkpointing
 
-    cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    cfg = MEMORY_SHAPES[shape]
     torch.manual_seed(0)
     model = GPT(cfg)
     x = torch.randint(0, 512, (4, 64))
-    got = measure_training_memory(model, torch.optim.AdamW(model.parameters()), x, x.roll(-1, 1))
-    want = costs.training_memory(cfg, 4, 64, precision="fp32")
+    got = measure_training_memory(model, torch.optim.AdamW(model.parameters()), x, x.roll(-1, 1), autocast_dtype)
+    want = costs.training_memory(cfg, 4, 64, precision=precision)
     assert (got.weights, got.gradients, got.optimizer) == (want.weights, want.gradients, want.optimizer)
-    assert got.activations == pytest.approx(want.activations, rel=0.1)
+    assert got.working_weights == want.working_weights  # 0 in fp32; a 16-bit copy of every matrix under autocast
+    assert got.activations == pytest.approx(want.activations, rel=0.02)
     apply_activation_checkpointing(model)
-    assert saved_activation_bytes(model, x, x.roll(-1, 1)) < got.activations / 3
+    assert saved_activation_bytes(model, x, x.roll(-1, 1), autocast_dtype) < got.activations / 2  # fp32 logits stay
+
+
+@pytest.mark.parametrize("shape", sorted(MEMORY_SHAPES))
+def test_sixteen_bit_forward_matches_zero3_activation_model(shape):
+    """FSDP2's MixedPrecisionPolicy computes in bf16 without autocast: the activations of a bf16 model."""
+    from llmbook import costs
+    from llmbook.train.memory import saved_activation_bytes
+
+    cfg = MEMORY_SHAPES[shape]
+    torch.manual_seed(0)
+    model = GPT(cfg).to(torch.bfloat16)
+    x = torch.randint(0, 512, (4, 64))
+    want = costs.training_memory(cfg, 4, 64, world_size=2, zero_stage=3, precision="amp").activations
+    assert saved_activation_bytes(model, x, x.roll(-1, 1)) == pytest.approx(want, rel=0.02)
 
 
 def test_z_loss_pulls_log_normaliser_to_zero(tmp_path, shards):
@@ -562,3 +590,209 @@ def test_ddp_no_sync_skips_all_reduce_until_the_last_micro_batch(tmp_path, shard
         cleanup()
     assert at and set(at) <= {3, 6}  # only during the backward of micro-batches 3 and 6 (each step's last)
     assert at.count(3) == at.count(6) > 0
+
+
+# ------------------------------------------------------------------ security and reliability
+
+
+class _PlantedPickle:
+    """Unpickling this runs `os.mkdir(marker)`: what a planted DCP metadata file could do with any code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _plant_dcp_checkpoint(run: Path, step: int, marker: Path) -> Path:
+    """A checkpoint someone could leave in a run directory: valid checksums (they detect corruption, not
+    tampering), `"format": "dcp"`, and a DCP metadata pickle that runs code."""
+    import hashlib
+    import json
+    import pickle
+    import shutil
+
+    real = ckpt.list_checkpoints(run / "checkpoints")[-1]
+    planted = run / "checkpoints" / ckpt.step_dir_name(step)
+    (planted / "dcp").mkdir(parents=True)
+    (planted / "dcp" / ".metadata").write_bytes(pickle.dumps(_PlantedPickle(marker)))
+    for name in ("rank_00000.pt", "config.json"):
+        shutil.copyfile(real / name, planted / name)
+    files = {p.relative_to(planted).as_posix(): {"bytes": p.stat().st_size,
+                                                 "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+             for p in sorted(planted.rglob("*")) if p.is_file()}
+    manifest = {"step": step, "world_size": 1, "format": "dcp", "consolidated": False, "files": files}
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    return planted
+
+
+def test_resume_never_unpickles_a_planted_checkpoint_without_consent(tmp_path, shards, capsys):
+    """The loader follows the run's parallel.mode, not the manifest; DCP's pickle needs --trust-sharded."""
+    from cli_fixtures import main_error
+    from llmbook.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(config_text(shards, train={"steps": 2, "eval_every": 0}, checkpoint={"every": 1, "keep": 5}))
+    run, marker = tmp_path / "run", tmp_path / "code-ran"
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
+    _plant_dcp_checkpoint(run, 3, marker)
+    resume = ["train", "--config", cfg, "--out", run, "--resume", "--train.steps=4"]
+    main_error(capsys, resume, "train", "step_00000003 holds sharded (FSDP2) training state",
+               "parallel.mode=fsdp (and --trust-sharded)")
+    main_error(capsys, [*resume, "--parallel", "fsdp"], "train", "resuming from step_00000003 reads its sharded (DCP) "
+               "state, whose metadata is a pickle", "--trust-sharded")
+    assert not marker.exists()
+    main_error(capsys, [*resume, "--parallel", "fsdp", "--trust-sharded"], "train", "step_00000003")
+    assert marker.exists()  # the consent is the only gate: with it, the pickle does run
+
+
+def test_fsdp_resume_and_eval_of_a_sharded_checkpoint_need_trust_sharded(tmp_path, shards, capsys):
+    from cli_fixtures import main_error
+    from llmbook.cli import main
+    from llmbook.train.parallel import cleanup
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(config_text(make_bpe_shards(tmp_path / "bpe"), model={"vocab_size": 300},
+                               parallel={"mode": "fsdp"}, train={"steps": 2, "eval_every": 0},
+                               checkpoint={"every": 1, "keep": 5}))
+    run = tmp_path / "run"
+    try:
+        Trainer(load_config(cfg), run).fit(until=1)  # step 1: DCP shards only, no consolidated weights
+    finally:
+        cleanup()
+    main_error(capsys, ["train", "--config", cfg, "--out", run, "--resume"], "train", "--trust-sharded")
+    step1 = run / "checkpoints" / "step_00000001"
+    doc = tmp_path / "doc.txt"
+    doc.write_text("the cat sat on a mat and the dog ran to the park.\n")
+    main_error(capsys, ["eval", "ppl", "--model", step1, "--input", doc], "eval", "--trust-sharded")
+    assert main(["eval", "ppl", "--model", str(step1), "--input", str(doc), "--trust-sharded", "--json"]) == 0
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--resume", "--trust-sharded"]) == 0
+    assert "resumed from step_00000001 at step 1" in capsys.readouterr().out
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_resume_works(tmp_path, shards):
+    """torch's own writer fails mid-file (file-size limit: the kernel refuses the write, as on a full disk): one
+    line instead of `inline_container.cc`, no partial directory left, and --resume finishes the run exactly."""
+    from cli_fixtures import assert_one_line_error, run_llmbook
+
+    cfg = tmp_path / "disk.toml"
+    cfg.write_text(config_text(shards, train={"steps": 6, "eval_every": 0}, checkpoint={"every": 2, "keep": 2}))
+    Trainer(load_config(cfg), tmp_path / "ref").fit()
+    run = tmp_path / "run"
+    Trainer(load_config(cfg), run).fit(until=2)
+    step2 = run / "checkpoints" / "step_00000002"
+    model_bytes, optim_bytes = ((step2 / name).stat().st_size for name in ("model.safetensors", "optimizer.pt"))
+    limit = (model_bytes + optim_bytes) // 2  # the weights fit, the optimizer state does not: torch.save fails
+    assert model_bytes < limit < optim_bytes
+    done = run_llmbook("train", "--config", cfg, "--out", run, "--resume", fsize=limit)
+    line = assert_one_line_error(done.returncode, done.stderr, "train", "could not write checkpoint step_00000004",
+                                 "optimizer.pt: write failed", "MiB free on that device",
+                                 "the previous checkpoint step_00000002 is intact", "--resume")
+    assert "inline_container" not in line and "enforce fail" not in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]  # no step_00000004.tmp
+    messages: list[str] = []
+    Trainer(load_config(cfg), run, resume=True, log=messages.append).fit()
+    assert "resumed from step_00000002 at step 2" in messages
+    assert losses(run) == losses(tmp_path / "ref")
+    a, b = final_weights(run), final_weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_trainings_into_one_run_directory(tmp_path, shards, capsys):
+    """The second writer is refused while the first runs (exit 2, one line naming it); after the first is
+    killed, its stale lock is taken over with a message."""
+    from cli_fixtures import main_error
+    from llmbook.cli import main
+    from llmbook.fileio import LOCK_NAME, LockedError
+
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(config_text(shards, train={"steps": 100000, "eval_every": 0, "log_every": 1},
+                               checkpoint={"every": 0, "keep": 1}))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "code"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "llmbook", "train", "--config", str(cfg), "--out", str(run)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # the lock is taken before the first step; wait (up to 2 minutes) until it trains
+            if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
+                break
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.1)
+        main_error(capsys, ["train", "--config", cfg, "--out", run, "--train.steps=2"], "train",
+                   f"{run} is in use by process {first.pid}")
+        with pytest.raises(LockedError, match=f"in use by process {first.pid}"):
+            Trainer(load_config(cfg), run)
+    finally:
+        first.kill()
+        first.wait()
+    assert (run / LOCK_NAME).read_text().strip() == str(first.pid)  # killed: the file stays, the lock does not
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--resume", "--train.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"took over the lock of {run} left by process {first.pid}, which is no longer running" in out
+    assert not (run / LOCK_NAME).exists()  # released when the run ended
+
+
+def test_trainer_releases_its_lock_on_errors_and_at_the_end(tmp_path, shards):
+    from llmbook.fileio import LOCK_NAME
+
+    run = tmp_path / "run"
+    trainer = Trainer(make_cfg(tmp_path, shards, ["train.steps=2", "train.eval_every=0"]), run)
+    assert (run / LOCK_NAME).is_file()
+    trainer.fit(until=1)
+    assert (run / LOCK_NAME).is_file()  # still running
+    trainer.fit()
+    assert not (run / LOCK_NAME).exists()
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # __init__ fails after taking the lock
+        Trainer(make_cfg(tmp_path, shards), run)
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_export_carries_the_tokenizer_ids_and_transformers_generate_stops_where_llmbook_does(tmp_path, capsys):
+    """config.json and generation_config.json name the tokenizer's end-of-text id (not GPT-2's 50256), so greedy
+    `transformers` generation on the export stops at exactly the token where `llmbook generate` stops."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmbook.cli import main
+    from llmbook.data.pack import write_shards
+    from llmbook.tokenizer import train_hf_tokenizer
+    from llmbook.train.generate import load_model
+
+    stories = ["the cat sat on the mat.", "a dog ran to the park.", "the bird sang in the tree.",
+               "a girl read a big book."]
+    texts = [stories[i % 4] for i in range(400)]
+    tok = train_hf_tokenizer(texts, 300, special_tokens=("<|endoftext|>",))
+    eos = tok.token_to_id("<|endoftext|>")
+    shards = tmp_path / "shards"
+    write_shards(texts, lambda t: tok.encode(t).ids, shards, eos_id=eos, vocab_size=tok.get_vocab_size(),
+                 val_fraction=0.1, progress=False)
+    tok.save(str(shards / "tokenizer.json"))
+    cfg = tmp_path / "short.toml"
+    cfg.write_text(config_text(shards, model={"vocab_size": tok.get_vocab_size()}, optim={"lr": 1e-2, "min_lr": 1e-3},
+                               train={"steps": 60, "eval_every": 0, "log_every": 20}, checkpoint={"every": 0}))
+    run, hf_dir = tmp_path / "run", tmp_path / "hf"
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
+    assert main(["export", "--checkpoint", str(run), "--out", str(hf_dir)]) == 0
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((hf_dir / name).read_text())
+        assert config["eos_token_id"] == config["bos_token_id"] == eos == 0, name
+
+    prompt = "the cat sat on"
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", prompt, "--temperature", "0",
+                 "--max-new-tokens", "20"]) == 0
+    ours_text = capsys.readouterr().out.splitlines()[-1]
+    model, tokenizer, _ = load_model(run)
+    idx = torch.tensor([tokenizer.encode(prompt).ids])
+    ours = model.generate(idx, 20, temperature=0, stop=eos)[0].tolist()
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir)
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == idx[0].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(ids, max_new_tokens=20, do_sample=False)[0].tolist()
+    assert eos in ours and len(ours) < idx.shape[1] + 20  # the model learned to end its story
+    assert theirs == ours[: ours.index(eos) + 1]  # the same tokens, ending at the same end-of-text
+    assert ours_text == prompt + hf_tok.decode(theirs[idx.shape[1]:], skip_special_tokens=True)

@@ -1,4 +1,6 @@
-"""DDP and FSDP2 with 2 gloo ranks on CPU match one process; FSDP2 checkpoints move across world sizes (@sec-scale-parallel).
+"""DDP and FSDP2 with 2 gloo ranks on CPU match one process; FSDP2 checkpoints move across world sizes; two
+torchrun launchers joined by a c10d rendezvous (two "nodes") match one process and recover from a lost node
+with --max-restarts (@sec-scale-parallel).
 
 Every run trains the same tiny GPT for 6 steps on the same global batch of 16 windows per step: one process
 with micro-batch 8 and 2 accumulation steps, or 2 ranks with micro-batch 4 and 2 accumulation steps each
@@ -9,7 +11,11 @@ parameters 5e-5 absolute after 6 AdamW steps (float sums are reduced in a differ
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,7 @@ from safetensors.torch import load_file
 from llmbook.model import GPT
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import load_config
-from llmbook.train.parallel import cleanup, launch
+from llmbook.train.parallel import RESTART_ENV, cleanup, launch, torchrun_command
 from llmbook.train.trainer import Trainer, read_metrics
 from train_fixtures import config_text, make_shards
 
@@ -101,7 +107,10 @@ def test_fsdp2_matches_single_process_and_resumes_at_world_size_1(setup, tmp_pat
     shutil.rmtree(run / "checkpoints" / "step_00000006")
     messages: list[str] = []
     try:
-        trainer = Trainer(load_config(cfg, ONE + ["parallel.mode=fsdp"]), run, resume=True, log=messages.append)
+        with pytest.raises(ckpt.CheckpointError, match="--trust-sharded"):  # resuming reads DCP's pickle too
+            Trainer(load_config(cfg, ONE + ["parallel.mode=fsdp"]), run, resume=True)
+        trainer = Trainer(load_config(cfg, ONE + ["parallel.mode=fsdp"]), run, resume=True, log=messages.append,
+                          trust_sharded=True)
         assert trainer.step == 3 and "world size changed from 2 to 1" in " ".join(messages)
         trainer.fit()
     finally:
@@ -118,7 +127,41 @@ def test_fsdp2_checkpoint_from_world_size_1_resumes_at_2(setup, tmp_path):
     finally:
         cleanup()
     assert ckpt.verify(ckpt.resolve(run))["world_size"] == 1
-    log = torchrun(cfg, run, 2, "--parallel", "fsdp", "--resume", "--parallel.fsdp_no_sync=true")
+    log = torchrun(cfg, run, 2, "--parallel", "fsdp", "--resume", "--trust-sharded", "--parallel.fsdp_no_sync=true")
+    assert "resumed from step_00000003 at step 3" in log
+    assert_same_curves(run, reference)
+    assert_same_weights(weights(run, cfg), weights(reference, cfg))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_match_one_process_and_a_lost_node_restarts_from_the_last_checkpoint(setup, tmp_path):
+    """`torchrun --nnodes=2 --nproc-per-node=1` twice (two launchers, as on two machines) with a c10d rendezvous on
+    127.0.0.1. Rank 1 dies once right after checkpoint 3 (tests/fault_train.py); `--max-restarts=1` restarts both
+    nodes' workers, `--resume` continues from step 3, and every logged loss equals the single-process run.
+    Without RESTART_ENV, torch 2.13's shared rendezvous store makes the restarted workers hang."""
+    cfg, reference = setup
+    run, marker = tmp_path / "two-nodes", tmp_path / "fault-injected"
+    cmd = torchrun_command(str(cfg), str(run), 1, "--parallel", "ddp", "--resume", nnodes=2,
+                           rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=1)
+    entry = cmd.index("-m", cmd.index("--nproc_per_node=1"))
+    cmd[entry : entry + 2] = [str(Path(__file__).with_name("fault_train.py"))]  # llmbook.train plus the fault hook
+    env = {**os.environ, **RESTART_ENV, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "LLMBOOK_TEST_FAIL_AFTER_STEP": "3",
+           "LLMBOOK_TEST_FAULT_MARKER": str(marker), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    log = "\n".join(logs)
+    assert all(node.returncode == 0 for node in nodes), log[-4000:]
+    assert marker.exists() and "fault injected: rank 1 exits after saving step 3" in log
     assert "resumed from step_00000003 at step 3" in log
     assert_same_curves(run, reference)
     assert_same_weights(weights(run, cfg), weights(reference, cfg))

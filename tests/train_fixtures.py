@@ -52,3 +52,16 @@ def config_text(shard_dir: Path, **sections: dict) -> str:
         for key, value in values.items():
             lines.append(f"{key} = {value!r}".replace("'", '"').replace("True", "true").replace("False", "false"))
     return "\n".join(lines) + "\n"
+
+
+def make_bpe_shards(out_dir: Path, vocab_size: int = 300) -> Path:
+    """The synthetic corpus packed with a small byte-level BPE whose tokenizer.json travels into every checkpoint
+    (what generate, export and eval need)."""
+    from llmbook.tokenizer import train_hf_tokenizer
+
+    texts = synthetic_texts()
+    tok = train_hf_tokenizer(texts, vocab_size, special_tokens=("<|endoftext|>",))
+    write_shards(texts, lambda t: tok.encode(t).ids, out_dir, eos_id=tok.token_to_id("<|endoftext|>"),
+                 vocab_size=tok.get_vocab_size(), val_fraction=0.1, progress=False)
+    tok.save(str(out_dir / "tokenizer.json"))
+    return out_dir

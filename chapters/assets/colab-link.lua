@@ -1,5 +1,6 @@
 -- Adds an "Open in Colab" link to every chapter that has a companion notebook.
--- The repository comes from `book.repo-url` in _quarto.yml, so it is written in one place.
+-- The repository and branch come from `book.repo-url` and `book.repo-branch` in _quarto.yml, the one
+-- place they are written (scripts/booktools.py reads the same two for the notebooks' links and install cell).
 local function stringify(x) return x and pandoc.utils.stringify(x) or nil end
 
 function Pandoc(doc)
@@ -12,7 +13,8 @@ function Pandoc(doc)
   if not url then return doc end
   local slug = url:gsub("/$", ""):match("github%.com/(.+)$")
   if not slug then return doc end
-  local href = "https://colab.research.google.com/github/" .. slug .. "/blob/main/notebooks/" .. stem .. ".ipynb"
+  local branch = stringify(book["repo-branch"]) or "main"
+  local href = "https://colab.research.google.com/github/" .. slug .. "/blob/" .. branch .. "/notebooks/" .. stem .. ".ipynb"
   local badge = pandoc.Para({
     pandoc.Link({pandoc.Image({pandoc.Str("Open In Colab")}, "https://colab.research.google.com/assets/colab-badge.svg")}, href)
   })

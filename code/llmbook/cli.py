@@ -32,13 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: BaseException) -> str:
+    """One line for a user-facing error: an OS error names its file (`PATH: No space left on device`)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())  # never more than one line
+
+
 def main(argv: list[str] | None = None) -> int:
+    from llmbook.fileio import LockedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as err:
-        print(f"llmbook {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, ValueError, OSError, LockedError) as err:  # bad input, a full disk, a busy folder: no traceback
+        print(f"llmbook {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from llmbook.costs.budget import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PUE, estimate_training
 from llmbook.costs.flops import train_flops, train_flops_for
@@ -47,7 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--zero", type=int, default=0, help="0 = DDP, 1/2/3 = ZeRO stage (3 = FSDP)")
     m.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per step")
     m.add_argument("--seq-len", type=int, help="tokens per sequence (default: the config's block_size)")
-    m.add_argument("--precision", choices=sorted(PRECISIONS), default="mixed")
+    m.add_argument("--precision", choices=sorted(PRECISIONS), default="mixed",
+                   help="mixed: DeepSpeed/Megatron's 16-bit weights and grads + fp32 master and moments "
+                        "(2+2+12 bytes/param, default); amp: llmbook train's autocast, fp32 weights, grads "
+                        "and moments (4+4+8) plus 16-bit working copies; fp32: no mixed precision")
     m.add_argument("--checkpointing", action="store_true", help="full activation checkpointing")
     m.add_argument("--no-flash", action="store_true", help="materialise attention scores (no FlashAttention)")
     m.add_argument("--json", action="store_true")
@@ -56,6 +60,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gpus", help="list the accelerators and their datasheet figures")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=run_gpus)
+
+
+def _check_finite(args: argparse.Namespace, *names: str) -> None:
+    """Reject `inf`/`nan` for the given float flags (argparse's float() accepts them), naming flag and value."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def _finite(obj: object, path: str = "") -> object:
+    """`obj` unchanged when every number in it is finite; otherwise a one-line error naming the figure that
+    overflowed, so `--json` never prints `Infinity` or `NaN` (which are not JSON)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _finite(value, key)
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"the estimate overflows: {path} = {obj}; check the magnitude of the inputs")
+    return obj
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -70,6 +93,7 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
+    _check_finite(args, "params", "tokens", "flops", "mfu", "price", "pue", "grid", "power")
     if args.flops is not None:
         if args.params is not None or args.config is not None or args.tokens is not None:
             raise ValueError("give either --flops or --params/--config with --tokens, not both")
@@ -84,9 +108,10 @@ def run_estimate(args: argparse.Namespace) -> int:
             params, flops = args.params, train_flops(args.params, args.tokens)
     est = estimate_training(flops, args.gpu, args.mfu, n_gpus=args.gpus, price_per_gpu_hour=args.price,
                             pue=args.pue, grid_kg_per_kwh=args.grid, power_w=args.power)
-    result = {"params": params, "tokens": args.tokens, **est.as_dict(), "wall_clock_days": est.wall_clock_hours / 24}
+    result = _finite({"params": params, "tokens": args.tokens, **est.as_dict(),
+                      "wall_clock_days": est.wall_clock_hours / 24})
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
         return 0
     print(_table([
         ("model parameters", _fmt(params)), ("training tokens", _fmt(args.tokens)),
@@ -100,11 +125,12 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_chinchilla(args: argparse.Namespace) -> int:
+    _check_finite(args, "flops")
     alloc = kaplan_optimal(args.flops) if args.method == "kaplan" else chinchilla_optimal(args.flops, args.method)
-    result = {"flops": alloc.flops, "params": alloc.params, "tokens": alloc.tokens,
-              "tokens_per_param": alloc.tokens_per_param, "method": alloc.method}
+    result = _finite({"flops": alloc.flops, "params": alloc.params, "tokens": alloc.tokens,
+                      "tokens_per_param": alloc.tokens_per_param, "method": alloc.method})
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         print(_table([("compute budget", _fmt(alloc.flops, "FLOPs")), ("parameters", _fmt(alloc.params)),
                       ("tokens", _fmt(alloc.tokens)), ("tokens per parameter", f"{alloc.tokens_per_param:.1f}"),
@@ -117,10 +143,10 @@ def run_memory(args: argparse.Namespace) -> int:
     mem = training_memory(cfg, micro_batch=args.micro_batch, seq_len=args.seq_len, world_size=args.world_size,
                           zero_stage=args.zero, precision=args.precision, checkpointing=args.checkpointing,
                           flash_attention=not args.no_flash)
-    result = {"config": args.config, "params": count_params(cfg).total, "world_size": args.world_size,
-              "zero_stage": args.zero, "precision": args.precision, "bytes_per_gpu": mem.as_dict()}
+    result = _finite({"config": args.config, "params": count_params(cfg).total, "world_size": args.world_size,
+                      "zero_stage": args.zero, "precision": args.precision, "bytes_per_gpu": mem.as_dict()})
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         stage = "DDP" if args.zero == 0 else f"ZeRO-{args.zero}"
         print(f"{args.config}: {stage}, {args.world_size} GPU(s), {args.precision} precision, per GPU:")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from llmbook.costs.memory import kv_cache_bytes
 from llmbook.costs.params import count_params
 from llmbook.model.config import GPTConfig
 
@@ -46,3 +49,41 @@ def mfu(tokens_per_s: float, cfg: GPTConfig, seq_len: int | None, peak_flops: fl
     """Model FLOPs utilisation: achieved model FLOP/s over the hardware peak [@chowdhery2022palm]."""
     achieved = _positive("tokens_per_s", tokens_per_s) * flops_per_token(cfg, seq_len, training=True)
     return achieved / _positive("peak_flops", peak_flops)
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One decoding step for a batch: FLOPs, and the bytes of weights and of KV cache read from memory."""
+
+    flops: float
+    weight_bytes: float
+    kv_bytes: float
+
+    @property
+    def bytes(self) -> float:
+        return self.weight_bytes + self.kv_bytes
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte moved; below the GPU's ridge point the step is memory-bound."""
+        return self.flops / self.bytes
+
+    @property
+    def kv_share(self) -> float:
+        """Fraction of the bytes read that are the KV cache rather than the weights."""
+        return self.kv_bytes / self.bytes
+
+
+def decode_step(cfg: GPTConfig, batch: int, context: int, bytes_per_value: int = 2) -> DecodeStep:
+    """Cost of generating one token for each of `batch` sequences with `context` cached tokens.
+
+    Each step reads every weight once, whatever the batch (2·N FLOPs per sequence for N matmul weights), and
+    each sequence's cached keys and values (4·L·context·d attention FLOPs) [@pope2023efficiently]
+    (@sec-architecture-kvcache).
+    """
+    _positive("batch", batch)
+    _positive("context", context)
+    n = matmul_params(cfg)
+    flops = batch * (2 * n + 4 * cfg.n_layer * context * cfg.n_embd)
+    weights = bytes_per_value * (n + count_params(cfg).norm)
+    return DecodeStep(flops, weights, kv_cache_bytes(cfg, batch, context, bytes_per_value))

@@ -147,6 +147,7 @@ _SCRIPTS = {
     "hi": regex.compile(r"\p{Devanagari}"),
 }
 _LATIN = regex.compile(r"\p{Latin}")
+LANGUAGES = (*_STOP_WORDS, *_SCRIPTS)  # every code `detect_language` can return
 _WORD = regex.compile(r"\p{L}+")
 
 
@@ -360,7 +361,7 @@ class QualityFilter:
     """Clean records, apply the named filters in order and count what each removed (@sec-data-filters)."""
 
     def __init__(self, config: FilterConfig | None = None, filters: Iterable[str] | None = None, clean: bool = True,
-                 n_examples: int = 3):
+                 n_examples: int = 3, scrub: Callable[[str], str] | None = None):
         self.config = config or FilterConfig()
         names = list(FILTERS) if filters is None else list(filters)
         unknown = [n for n in names if n not in FILTERS]
@@ -369,6 +370,7 @@ class QualityFilter:
         self.filters = {n: FILTERS[n] for n in names}
         self.clean = clean
         self.n_examples = n_examples
+        self.scrub = scrub  # applied to a removed document's whole text before its example is cut (PII redaction)
         self.stats = {n: FilterStats() for n in names}
         self.input_documents = self.kept_documents = 0
         self.input_characters = self.kept_characters = self.cleaning_characters = 0
@@ -398,7 +400,8 @@ class QualityFilter:
             stats.documents += 1
             stats.characters += len(text)
             if len(stats.examples) < self.n_examples:
-                stats.examples.append({"id": str(rec.get("id", "")), "text": text[:160]})
+                example = self.scrub(text) if self.scrub else text  # whole text first: a cut may split an e-mail
+                stats.examples.append({"id": str(rec.get("id", "")), "text": example[:160]})
             if removed is not None:
                 removed.append((rec, reason))
 

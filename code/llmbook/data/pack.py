@@ -105,6 +105,9 @@ def write_shards(
     Everything is written into a temporary sibling folder, manifest last, which then replaces `out_dir` by
     renames: a failure at any point leaves the previous shard set of `out_dir` intact and loadable. Other
     files already in `out_dir` (a tokenizer.json) are carried over to the new folder as hard links or copies.
+    `out_dir` must be new, a shard folder written here before, or a folder without shard-named files: a
+    file, or a folder whose manifest.json or *.bin files are someone else's, is refused (ValueError), never
+    moved or overwritten.
     """
     if shard_tokens <= 0:
         raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
@@ -119,6 +122,7 @@ def write_shards(
     if eos_id >= bound:
         raise ValueError(f"eos_id {eos_id} does not fit uint16 shards: pass vocab_size")
     out = Path(out_dir)
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -138,6 +142,23 @@ def write_shards(
 
 
 _SHARD_FILE = re.compile(rf"(?:{'|'.join(SPLITS)})_\d{{5}}\.bin|{re.escape(MANIFEST)}|\..*\.tmp")
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an `out_dir` that is a file, or a folder holding shard-named files without our manifest."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; refusing to replace a file with token shards")
+    if not out.is_dir():
+        return
+    try:
+        read_manifest(out)
+        return  # our own earlier output: replaced as a whole
+    except (FileNotFoundError, ValueError):
+        pass
+    clash = sorted(e.name for e in out.iterdir() if _SHARD_FILE.fullmatch(e.name) and not e.name.startswith("."))
+    if clash:
+        raise ValueError(f"{out} holds {clash[0]} but no valid shard manifest: not a shard folder written by "
+                         "write_shards; refusing to replace it (choose a new or empty folder)")
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
@@ -229,8 +250,12 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a complete shard directory (run write_shards first)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # not UTF-8, not JSON
+        raise ValueError(f"{path}: not a shard manifest ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        manifest = manifest if isinstance(manifest, dict) else {}
         raise ValueError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
     return manifest
 

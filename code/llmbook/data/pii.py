@@ -22,9 +22,11 @@ PLACEHOLDERS = {
     "IBAN": "<IBAN>",
 }
 
+# Letters and digits of any script: internationalised addresses (RFC 6531, josé@exämple.de) are e-mail too.
 _EMAIL = regex.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"(?!(?:png|jpe?g|gif|svg|webp|pdf|txt|py|js|css|html?)\b)[A-Za-z]{2,24}(?![\w-])"  # not a file name
+    r"(?<![\w.%+-])[\p{L}\p{N}](?:[\p{L}\p{M}\p{N}._%+-]{0,63})@"
+    r"(?:[\p{L}\p{N}](?:[\p{L}\p{M}\p{N}-]{0,61}[\p{L}\p{M}\p{N}])?\.)+"
+    r"(?!(?:png|jpe?g|gif|svg|webp|pdf|txt|py|js|css|html?)\b)(?:\p{L}[\p{L}\p{M}]{1,23}|xn--[a-z0-9-]{1,59})(?![\w-])"
 )
 _PHONE = regex.compile(
     r"(?<![\w+/.-])(?<!\d[ .])(?:"  # not the tail of a longer digit group ("8 045 311 447")
@@ -43,6 +45,8 @@ _IPV6 = regex.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}
 _CARD = regex.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w]|[.-]\d)")
 _IBAN = regex.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)")
 _VERSION_CONTEXT = regex.compile(r"(?i)(?:version|release|v|build|firmware|kernel|section|chapter|§|isbn|doi|oid)[\s:=#-]*$")
+_PACKAGE_BEFORE = regex.compile(r"(?i)\blib[\w.+-]*\s+$")  # "libfoo 1.2.3.4": a library's version
+_VERSION_AFTER = regex.compile(r"(?i)^[\s,)]*(?:released|release|version|build|beta|alpha|rc\d*|final|is out|changelog)\b")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -76,18 +80,23 @@ def _valid_phone(text: str, m: regex.Match) -> bool:
 
 
 def _valid_ipv4(text: str, m: regex.Match) -> bool:
-    return not _preceded_by_version(text, m.start())
+    """A dotted quad that is not a version number ("v1.2.3.4", "libfoo 1.2.3.4", "1.2.3.4 released")."""
+    return not (_preceded_by_version(text, m.start()) or _PACKAGE_BEFORE.search(text[max(0, m.start() - 40) : m.start()])
+                or _VERSION_AFTER.match(text[m.end() : m.end() + 24]))
 
 
 def _valid_ipv6(text: str, m: regex.Match) -> bool:
+    """A parseable IPv6 address with at least 3 hex digits, or the loopback `::1` (but not the slice `a[::1]`)."""
     s = m.group()
-    if sum(c in "0123456789abcdefABCDEF" for c in s) < 3:
-        return False
     try:
         ipaddress.IPv6Address(s)
     except ValueError:
         return False
-    return True
+    if sum(c in "0123456789abcdefABCDEF" for c in s) >= 3:
+        return True
+    bracketed = text[m.start() - 1 : m.start()] == "[" and text[m.end() : m.end() + 1] == "]"
+    host = text[max(0, m.start() - 3) : m.start()] == "//[" or text[m.end() : m.end() + 2] == "]:"
+    return s == "::1" and (host or not bracketed)
 
 
 def _valid_card(text: str, m: regex.Match) -> bool:
@@ -140,6 +149,18 @@ def find_pii(text: str) -> list[PIIMatch]:
                 continue
             taken.append(PIIMatch(kind, m.start(), m.end(), m.group()))
     return sorted(taken, key=lambda t: t.start)
+
+
+def redact_all(obj: object) -> object:
+    """A copy of a JSON-like object with every string redacted (keys included): reports and logs of a run with
+    PII redaction on show no raw e-mail, phone or card number (@sec-data-pii)."""
+    if isinstance(obj, str):
+        return redact(obj)[0]
+    if isinstance(obj, dict):
+        return {redact_all(k): redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact_all(v) for v in obj)
+    return obj
 
 
 def redact(text: str) -> tuple[str, Counter]:

@@ -11,7 +11,7 @@ from llmbook.progress import progress_bar
 
 from llmbook.data.dedup import MinHashConfig, exact_duplicates, near_duplicates
 from llmbook.data.filters import FILTERS, FilterConfig, QualityFilter
-from llmbook.data.pii import redact
+from llmbook.data.pii import redact, redact_all
 
 DEDUP_METHODS = ("exact", "minhash")
 
@@ -44,12 +44,14 @@ def prepare(
     The report counts documents at every stage; `input = kept + removed`, where removed includes input records
     that could not be read (`skipped`, counted by the readers) and documents each stage dropped. Records stream
     through the filters; the ones kept are held in memory for deduplication (at web scale one would keep only
-    the MinHash signatures and a document index, and shard the LSH buckets).
+    the MinHash signatures and a document index, and shard the LSH buckets). With `pii`, every string that
+    leaves the pipeline is redacted: the kept records (all their fields) and the report with its examples of
+    removed documents.
     """
     unknown = [d for d in dedup if d not in DEDUP_METHODS]
     if unknown:
         raise ValueError(f"unknown dedup methods {unknown}; choose from {', '.join(DEDUP_METHODS)}")
-    quality = QualityFilter(filter_config, resolve_filters(filters))
+    quality = QualityFilter(filter_config, resolve_filters(filters), scrub=(lambda t: redact(t)[0]) if pii else None)
     repaired = 0
 
     def counted(recs: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
@@ -86,10 +88,11 @@ def prepare(
     if pii:
         counts: Counter = Counter()
         docs_with_pii = 0
-        for rec in kept:
-            rec["text"], found = redact(rec["text"])
+        for i, rec in enumerate(kept):
+            text, found = redact(rec["text"])
             counts += found
             docs_with_pii += bool(found)
+            kept[i] = {**redact_all({k: v for k, v in rec.items() if k != "text"}), "text": text}
         report["pii"] = {"documents_redacted": docs_with_pii, "spans": dict(sorted(counts.items()))}
     report["removed"] = removed
     report["kept_documents"] = len(kept)
@@ -97,4 +100,4 @@ def prepare(
     report["sources"] = dict(sorted(Counter(str(r.get("source", "unknown")) for r in kept).items()))
     if report["input_documents"] != report["kept_documents"] + sum(removed.values()):
         raise AssertionError(f"curation counts do not add up: {report['input_documents']} != {len(kept)} + {removed}")
-    return kept, report
+    return kept, (redact_all(report) if pii else report)

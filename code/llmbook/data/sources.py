@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
-import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -21,12 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from llmbook.data import convert, registry
+
 Record = dict[str, Any]
 
 # How a plain-text file is cut into documents.
 SEPARATORS = ("line", "paragraph", "story", "wikitext", "file")
 
-# Corpora of the shared data folder: relative path and separator rule.
+# Named corpora of the data registry: the file and the separator rule that cuts it into documents.
 NAMED: dict[str, tuple[str, str]] = {
     "tinyshakespeare": ("tinyshakespeare/input.txt", "paragraph"),
     "tinystories": ("tinystories/tinystories_train_sample.txt", "story"),
@@ -35,21 +38,7 @@ NAMED: dict[str, tuple[str, str]] = {
     "gutenberg": ("gutenberg/gutenberg_en.txt.xz", "manifest"),
 }
 
-# The same corpora (and a web sample) on the Hugging Face hub, for readers online: (path, config, split, text field).
-HUB: dict[str, tuple[str, str | None, str, str]] = {
-    "tinystories": ("roneneldan/TinyStories", None, "train", "text"),
-    "tinystories-valid": ("roneneldan/TinyStories", None, "validation", "text"),
-    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text"),
-    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text"),
-}
-
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
-
-
-def data_dir() -> Path | None:
-    """The local data folder from the `LLMBOOK_DATA` environment variable, or None when unset or missing."""
-    value = os.environ.get("LLMBOOK_DATA")
-    return Path(value) if value and Path(value).is_dir() else None
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -65,6 +54,25 @@ def _record(source: str, index: int, text: str, **extra: Any) -> Record:
     if bad:
         rec["encoding_errors"] = bad
     return rec
+
+
+def utf8_text(text: str) -> str:
+    """`text` with every byte that was not valid UTF-8 (a surrogate escape of the readers, or a lone surrogate
+    from JSON) replaced by U+FFFD, so tokenizers that only take valid Unicode can encode it."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
+def _named_errors(path: Path, records: Iterator[Record]) -> Iterator[Record]:
+    """Re-raise a reader's failure on a damaged file (bad gzip, xz or Parquet data) as a ValueError naming it."""
+    try:
+        yield from records
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
+        if str(path) in str(err):  # our readers' own errors already name the file and line
+            raise
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ValueError(f"{path}: cannot read it as {''.join(path.suffixes[-2:]) or 'text'} data ({detail})") from None
 
 
 def split_documents(lines: Iterable[str], separator: str) -> Iterator[str]:
@@ -174,13 +182,11 @@ def read_parquet(path: str | Path, text_field: str = "text", source: str | None 
             index += 1
 
 
-def read_gutenberg(root: Path) -> Iterator[Record]:
-    """Stream the Gutenberg books one by one, cut exactly at the byte offsets of `manifest.tsv`."""
-    manifest = root / "gutenberg" / "manifest.tsv"
-    corpus = _existing(root / "gutenberg" / "gutenberg_en.txt.xz")
+def read_gutenberg(corpus: str | Path, manifest: str | Path) -> Iterator[Record]:
+    """Stream the Gutenberg books one by one from the xz corpus, cut exactly at the byte offsets of `manifest`."""
     with open(_existing(manifest), encoding="utf-8", newline="") as f:
         books = list(csv.DictReader(f, delimiter="\t"))
-    with lzma.open(corpus, "rb") as f:
+    with lzma.open(_existing(corpus), "rb") as f:
         position = 0
         for book in books:
             offset, length = int(book["byte_offset"]), int(book["byte_length"])
@@ -190,17 +196,38 @@ def read_gutenberg(root: Path) -> Iterator[Record]:
             yield _record("gutenberg", int(book["pg_id"]), text, title=book["title"], author=book["author"])
 
 
+def gutenberg(max_docs: int | None = None) -> Iterator[Record]:
+    """The Gutenberg corpus through the registry, limited to its first `max_docs` books if given.
+
+    When the whole corpus is local (or a mirror serves it) it is read from there; otherwise each book is
+    downloaded from its pinned source only when the reader gets to it, cleaned and checked against its
+    sha256, so a caller that stops early (a sample) downloads only the books it read (@sec-data-sources).
+    """
+    name = NAMED["gutenberg"][0]
+    if registry.local(name) is not None or registry.mirror_url() is not None:
+        records = read_gutenberg(registry.fetch(name), registry.fetch("gutenberg/manifest.tsv"))
+        yield from itertools.islice(records, max_docs)
+        return
+    remotes = registry.registry().files[name].inputs
+    for book, remote in itertools.islice(zip(convert.gutenberg_books(), remotes), max_docs):
+        text = convert.gutenberg_clean(registry.upstream(remote).read_bytes())
+        registry.verify(text.encode("utf-8"), book.sha256_text, f"Gutenberg book {book.pg_id} (cleaned)")
+        yield _record("gutenberg", book.pg_id, text, title=book.title, author=book.author)
+
+
 def read_hf(
     path: str, name: str | None = None, split: str = "train", text_field: str = "text", source: str | None = None,
-    data_files: str | list[str] | None = None, skips: Counter | None = None,
+    data_files: str | list[str] | None = None, skips: Counter | None = None, revision: str | None = None,
+    max_docs: int | None = None,
 ) -> Iterator[Record]:
     """Stream a Hugging Face `datasets` dataset: a hub name (needs network) or a builder such as "json" or
-    "parquet" with local `data_files`. A row without a string text raises, or is counted in `skips`."""
+    "parquet" with local `data_files`, up to `max_docs` rows. A row without a string text raises, or is
+    counted in `skips`."""
     import datasets
 
-    ds = datasets.load_dataset(path, name, split=split, streaming=True, data_files=data_files)
+    ds = datasets.load_dataset(path, name, split=split, streaming=True, data_files=data_files, revision=revision)
     source = source or path.split("/")[-1].lower()
-    for i, row in enumerate(ds):
+    for i, row in enumerate(itertools.islice(ds, max_docs)):
         text = row.get(text_field)
         if isinstance(text, str):
             yield _record(source, i, text)
@@ -209,45 +236,46 @@ def read_hf(
 
 
 def load_corpus(name_or_path: str | Path, separator: str | None = None, text_field: str = "text",
-                skips: Counter | None = None) -> Iterator[Record]:
-    """Stream a corpus by name (local `LLMBOOK_DATA` copy first, else the hub) or by file path (@sec-data-sources).
+                skips: Counter | None = None, max_docs: int | None = None) -> Iterator[Record]:
+    """Stream a corpus by registry name or by file path, at most `max_docs` documents (@sec-data-sources).
 
-    Files are read by extension: `.jsonl`/`.json` (JSON Lines), `.parquet`, anything else as plain text
-    (optionally `.gz`/`.xz` compressed) cut by `separator` (default `paragraph`).
+    Names: the corpora of `NAMED` (files of the data registry, fetched on first use) and the registry's hub
+    corpora (streamed; `max_docs` is their sample size). Files are read by extension: `.jsonl`/`.json` (JSON
+    Lines), `.parquet`, anything else as plain text (optionally `.gz`/`.xz` compressed) cut by `separator`
+    (default `paragraph`).
     """
     key = str(name_or_path)
-    root = data_dir()
+    hub = {n: d.hub for n, d in registry.registry().datasets.items() if d.hub is not None}
     if key in NAMED:
         rel, rule = NAMED[key]
-        if root is not None and (root / rel).is_file():
-            if rule == "manifest":
-                return read_gutenberg(root)
-            return read_text(root / rel, separator or rule, source=key)
-        if key in HUB:
-            path, config, split, field = HUB[key]
-            return read_hf(path, config, split, field, source=key, skips=skips)
-        raise FileNotFoundError(f"corpus {key!r} needs the data folder: set LLMBOOK_DATA to it")
-    if key in HUB:
-        path, config, split, field = HUB[key]
-        return read_hf(path, config, split, field, source=key, skips=skips)
+        if rule == "manifest":
+            return gutenberg(max_docs)
+        return itertools.islice(read_text(registry.fetch(rel), separator or rule, source=key), max_docs)
+    if key in hub:
+        h = hub[key]
+        return read_hf(h.repo, h.config, h.split, h.text_field, source=key, skips=skips, revision=h.revision,
+                       max_docs=max_docs)
     path = Path(key)
     if not path.exists():
-        raise FileNotFoundError(f"{key}: no such file, and not a corpus name ({sorted(set(NAMED) | set(HUB))})")
+        raise FileNotFoundError(f"{key}: no such file, and not a corpus name ({', '.join(sorted(set(NAMED) | set(hub)))})")
     suffixes = "".join(path.suffixes[-2:])
     if path.suffix in (".jsonl", ".json") or suffixes in (".jsonl.gz", ".jsonl.xz"):
-        return read_jsonl(path, text_field, skips=skips)
-    if path.suffix == ".parquet":
-        return read_parquet(path, text_field, skips=skips)
-    return read_text(path, separator or "paragraph")
+        records = _named_errors(path, read_jsonl(path, text_field, skips=skips))
+    elif path.suffix == ".parquet":
+        records = _named_errors(path, read_parquet(path, text_field, skips=skips))
+    else:
+        records = _named_errors(path, read_text(path, separator or "paragraph"))
+    return itertools.islice(records, max_docs)
 
 
 def load_inputs(inputs: Iterable[str | Path], separator: str | None = None, text_field: str = "text",
-                skips: Counter | None = None) -> Iterator[Record]:
-    """Chain several corpora (names or paths); every missing one fails before any is read."""
+                skips: Counter | None = None, max_docs: int | None = None) -> Iterator[Record]:
+    """Chain several corpora (names or paths), each cut at `max_docs` documents; every missing one fails
+    before any is read."""
     inputs = list(inputs)
     if not inputs:
         raise ValueError("no input given")
-    streams = [load_corpus(i, separator, text_field, skips) for i in inputs]
+    streams = [load_corpus(i, separator, text_field, skips, max_docs) for i in inputs]
     for stream in streams:
         yield from stream
 

@@ -31,13 +31,16 @@ def is_training_run(path: str | Path) -> bool:
 
 
 def checkpoint_lm(path: str | Path, batch_size: int = 8, device: str = "cpu",
-                  max_length: int | None = None) -> LLMBookLM:
-    """The newest valid checkpoint of a run (or the given checkpoint) as an `LLMBookLM` with the run's tokenizer."""
+                  max_length: int | None = None, trust_sharded: bool = False) -> LLMBookLM:
+    """The newest valid checkpoint of a run (or the given checkpoint) as an `LLMBookLM` with the run's tokenizer.
+
+    A sharded (FSDP2) checkpoint without consolidated weights is read only with `trust_sharded=True`: its DCP
+    metadata is a pickle (@sec-scale-checkpoint)."""
     from llmbook.train.checkpoint import CheckpointError
     from llmbook.train.generate import load_model
 
     try:
-        model, tokenizer, meta = load_model(path, device=device)
+        model, tokenizer, meta = load_model(path, device=device, trust_sharded=trust_sharded)
     except CheckpointError as err:  # a RuntimeError in the trainer; a user error here
         raise ValueError(f"checkpoint {path}: {err}") from None
     eot = tokenizer.token_to_id(EOS)
@@ -61,7 +64,8 @@ def hf_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_length
     return HFCausalLM(model, tokenizer, max_length=max_length, batch_size=batch_size, device=device)
 
 
-def load_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_length: int | None = None) -> CausalLM:
+def load_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_length: int | None = None,
+            trust_sharded: bool = False) -> CausalLM:
     """Any model the book can evaluate: a training run or checkpoint (llmbook.train), or a `transformers` folder."""
     p = Path(path)
     if not p.exists():
@@ -69,7 +73,7 @@ def load_lm(path: str | Path, batch_size: int = 8, device: str = "cpu", max_leng
     if not p.is_dir():
         raise ValueError(f"model path {p} is a file; expected a training run, a checkpoint or a transformers folder")
     if is_training_run(p):
-        return checkpoint_lm(p, batch_size, device, max_length)
+        return checkpoint_lm(p, batch_size, device, max_length, trust_sharded=trust_sharded)
     if (p / "config.json").is_file():
         return hf_lm(p, batch_size, device, max_length)
     raise ValueError(f"{p} is neither a training run or checkpoint (expected manifest.json, or checkpoints/step_*/ "

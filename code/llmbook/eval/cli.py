@@ -3,34 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from llmbook.cli import CLIError
+from llmbook.fileio import output_dir, run_lock
 
 
-def _data_dir(value: str | None) -> Path:
-    value = value or os.environ.get("LLMBOOK_DATA")
-    if not value:
-        raise CLIError("no data directory: pass --data-dir or set LLMBOOK_DATA")
+def _data_dir(value: str | None) -> Path | None:
+    """An explicit benchmark folder, or None: the data registry then fetches each task's files."""
+    if value is None:
+        return None
     path = Path(value)
     if not path.is_dir():
         raise FileNotFoundError(f"data directory {path} does not exist")
     return path
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_text(path: str, flag: str) -> str:
+    """The UTF-8 text of the file given to `flag`, or a one-line error naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"file {p} not found")
-    return p.read_text(encoding="utf-8").splitlines()
+        raise FileNotFoundError(f"{flag} file {p} not found")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{flag} {p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+
+
+def _read_lines(path: str, flag: str = "file") -> list[str]:
+    return _read_text(path, flag).splitlines()
+
+
+def _check_device(name: str) -> str:
+    """A torch device this machine has (cpu, cuda, cuda:N, mps), or a one-line error naming the value."""
+    import torch
+
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r} is not a device this command can use (cpu, cuda, cuda:N, mps)")
+    if kind == "cuda" and not torch.cuda.is_available() or kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name!r}: no {kind} device is available on this machine")
+    return name
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    _check_device(args.device)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_length is not None and args.max_length < 2:
+        raise ValueError(f"--max-length must be at least 2, got {args.max_length}")
 
 
 def _aligned(hyp: str, refs: list[str]) -> tuple[list[str], list[list[str]]]:
-    hyps = _read_lines(hyp)
-    streams = [_read_lines(r) for r in refs]
+    hyps = _read_lines(hyp, "--hyp")
+    streams = [_read_lines(r, "--ref") for r in refs]
     for r, s in zip(refs, streams):
         if len(s) != len(hyps):
             raise ValueError(f"{r} has {len(s)} lines but {hyp} has {len(hyps)}; one segment per line is required")
@@ -68,12 +100,24 @@ def run_tasks(args: argparse.Namespace) -> int:
         isolation = "unsafe-host"
         print(f"llmbook eval: WARNING: {problem}; running model-generated code on this machine WITHOUT isolation "
               "(--allow-unsandboxed-code)", file=sys.stderr)
+    _check_model_args(args)
+    for flag, value, low in (("--bootstrap-iters", args.bootstrap_iters, 1), ("--num-fewshot", args.num_fewshot, 0),
+                             ("--limit", args.limit, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
     data_dir = _data_dir(args.data_dir)
-    model = load_lm(args.model, args.batch_size, args.device, args.max_length)
-    results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
-                       bootstrap_iters=args.bootstrap_iters, isolation=isolation)
-    if args.output:
-        write_json(args.output, {"model": args.model, "results": results})
+    lock = contextlib.nullcontext()
+    if args.output:  # fail now, not after the evaluation: the file's folder must be writable and not busy
+        output = Path(args.output)
+        if output.is_dir():
+            raise ValueError(f"--output {output}: is a directory; give a file name")
+        lock = run_lock(output_dir(output.parent, "--output's folder"), name=f".{output.name}.lock")
+    with lock:
+        model = load_lm(args.model, args.batch_size, args.device, args.max_length, trust_sharded=args.trust_sharded)
+        results = evaluate(model, names, data_dir, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
+                           bootstrap_iters=args.bootstrap_iters, isolation=isolation)
+        if args.output:
+            write_json(args.output, {"model": args.model, "results": results})
     summary = {name: {k: r[k] for k in ("n", "num_fewshot", "chance", "metrics")} for name, r in results.items()}
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
@@ -89,11 +133,10 @@ def run_ppl(args: argparse.Namespace) -> int:
     from llmbook.eval.checkpoints import load_lm
     from llmbook.eval.perplexity import perplexity, wikitext_documents
 
-    text = Path(args.input).read_text(encoding="utf-8") if Path(args.input).is_file() else None
-    if text is None:
-        raise FileNotFoundError(f"input file {args.input} not found")
+    text = _read_text(args.input, "--input")
+    _check_model_args(args)
     docs = wikitext_documents(text) if args.wikitext else [d for d in text.split("\n\n") if d.strip()]
-    model = load_lm(args.model, args.batch_size, args.device, args.max_length)
+    model = load_lm(args.model, args.batch_size, args.device, args.max_length, trust_sharded=args.trust_sharded)
     _print(perplexity(model, docs, stride=args.stride).to_dict(), args.json)
     return 0
 
@@ -131,8 +174,11 @@ def run_contamination(args: argparse.Namespace) -> int:
     corpus = Path(args.train)
     if not corpus.is_file():
         raise FileNotFoundError(f"training corpus {corpus} not found")
-    with corpus.open(encoding="utf-8") as f:
-        report = ContaminationIndex(items, n=args.n).scan(read_documents(f)).report()
+    try:
+        with corpus.open(encoding="utf-8") as f:
+            report = ContaminationIndex(items, n=args.n).scan(read_documents(f)).report()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--train {corpus}: not UTF-8 text (byte 0x{err.object[err.start]:02x})") from None
     out = {name: r.to_dict() for name, r in report.items()}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -149,6 +195,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--max-length", type=int, help="context window in tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trust-sharded", action="store_true",
+                   help="read an FSDP2 (DCP) checkpoint without a consolidated model.safetensors; its metadata is "
+                        "a pickle, so only use this on checkpoints you trust")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -156,7 +205,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Run benchmark tasks (default) or a subcommand.")
     _model_args(p, required=False)
     p.add_argument("--tasks", help="comma-separated task names, e.g. hellaswag,arc_easy")
-    p.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    p.add_argument("--data-dir", help="folder laid out like the data folder (default: the data registry)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per item (default 0)")
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and bootstrap seed")
@@ -196,7 +245,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("contamination", help="n-gram overlap between a training corpus and benchmark items")
     c.add_argument("--train", required=True, help="training corpus, UTF-8 text (documents separated by blank lines)")
     c.add_argument("--tasks", required=True, help="comma-separated task names")
-    c.add_argument("--data-dir", help="benchmark data directory (default: $LLMBOOK_DATA)")
+    c.add_argument("--data-dir", help="folder laid out like the data folder (default: the data registry)")
     c.add_argument("--n", type=int, default=13, help="n-gram length in words (default 13)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_contamination)

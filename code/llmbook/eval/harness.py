@@ -39,6 +39,8 @@ def mean_stderr(values: Sequence[float]) -> float:
 def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, iters: int = 1000,
                  alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic` over items resampled with replacement."""
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"bootstrap iterations must be a positive integer, got {iters!r}")
     v = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     stats = [statistic(v[rng.integers(0, len(v), len(v))]) for _ in range(iters)]
@@ -123,13 +125,12 @@ def mc_requests(task: Task, context: str, doc: dict) -> list[tuple[str, str]]:
     return [(context, task.target_delimiter + c) for c in choices]
 
 
-def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit: int | None = None,
+def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path | None = None, limit: int | None = None,
                   num_fewshot: int = 0, seed: int = 1234, bootstrap_iters: int = 1000, n_samples: int = 1,
                   temperature: float = 0.0, limits: Limits = Limits(), isolation: str = "auto") -> dict:
-    """Evaluate one task; returns metrics with stderr and 95% intervals plus per-item records.
-
-    Code tasks run the completions in the sandbox (`isolation`, see `sandbox.run_program`).
-    """
+    """Evaluate one task (its data from `data_dir`, or the data registry when None); returns metrics with stderr
+    and 95% intervals plus per-item records. Code tasks run the completions in the sandbox (`isolation`, see
+    `sandbox.run_program`)."""
     task = get_task(task) if isinstance(task, str) else task
     if task.doc_to_contexts and num_fewshot:
         raise ValueError(f"task {task.name!r}: few-shot prompts are not supported for per-choice contexts")
@@ -138,6 +139,10 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
                          "(greedy samples are identical, not independent)")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if bootstrap_iters < 1:
+        raise ValueError(f"bootstrap_iters must be >= 1, got {bootstrap_iters}")
     all_docs = task.load(data_dir)
     docs = all_docs[:limit] if limit is not None else all_docs
     rng = random.Random(seed)
@@ -208,7 +213,7 @@ def evaluate_task(model: CausalLM, task: Task | str, data_dir: str | Path, limit
             "metrics": metrics, **extra, "items": items}
 
 
-def evaluate(model: CausalLM, tasks: Sequence[str], data_dir: str | Path, **kwargs) -> dict[str, dict]:
+def evaluate(model: CausalLM, tasks: Sequence[str], data_dir: str | Path | None = None, **kwargs) -> dict[str, dict]:
     """Evaluate several tasks; unknown names fail before any model call."""
     resolved = [get_task(t) for t in tasks]
     return {t.name: evaluate_task(model, t, data_dir, **kwargs) for t in resolved}

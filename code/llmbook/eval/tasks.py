@@ -1,8 +1,8 @@
 """Benchmark tasks as small data: a file, a prompt template, choices and an answer (@sec-evaluation-harness).
 
 Templates follow lm-evaluation-harness's defaults so scores are comparable with published tables. Each task
-reads the local JSONL/CSV copy under a data directory (the book's LLMBOOK_DATA); a malformed record raises
-an error that names the task, the file and the line.
+reads its JSONL/CSV file through the data registry (or from a folder laid out like the data folder); a
+malformed record raises an error that names the task, the file and the line.
 """
 
 from __future__ import annotations
@@ -40,29 +40,43 @@ class Task:
     metrics: tuple[str, ...] = ("acc", "acc_norm")
     fields: tuple[str, ...] = field(default_factory=tuple)
 
-    def load(self, data_dir: str | Path, fewshot: bool = False) -> list[dict]:
-        """Read the task's items (or its few-shot pool) and check every record has the fields it needs."""
+    def load(self, data_dir: str | Path | None = None, fewshot: bool = False) -> list[dict]:
+        """Read the task's items (or its few-shot pool) and check every record has the fields it needs.
+        The file comes from `data_dir` when given, else from the data registry (@sec-data-sources)."""
         rel = self.fewshot_path if fewshot else self.path
         if rel is None:
             raise ValueError(f"task {self.name!r} has no few-shot split")
-        path = Path(data_dir) / rel
+        if data_dir is None:
+            from llmbook.data.registry import fetch
+
+            path = fetch(rel)
+        else:
+            path = Path(data_dir) / rel
         if not path.is_file():
             raise FileNotFoundError(f"task {self.name!r}: data file {path} not found")
         docs = []
-        if path.suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                for lineno, row in enumerate(csv.DictReader(f), start=2):
-                    docs.append(self._check(row, path, lineno))
-        else:
-            with path.open(encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"task {self.name!r}: {path}:{lineno}: invalid JSON ({err.msg})") from err
-                    docs.append(self._check(doc, path, lineno))
+        try:
+            if path.suffix == ".csv":
+                with path.open(newline="", encoding="utf-8") as f:
+                    for lineno, row in enumerate(csv.DictReader(f), start=2):
+                        docs.append(self._check(row, path, lineno))
+            else:
+                with path.open(encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, start=1):
+                        if not line.strip():
+                            continue
+                        try:
+                            doc = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise ValueError(f"task {self.name!r}: {path}:{lineno}: invalid JSON ({err.msg})") from err
+                        if not isinstance(doc, dict):
+                            raise ValueError(f"task {self.name!r}: {path}:{lineno}: not a JSON object")
+                        docs.append(self._check(doc, path, lineno))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"task {self.name!r}: {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                             f"offset {err.start})") from None
+        if not docs:
+            raise ValueError(f"task {self.name!r}: data file {path} holds no items")
         return docs
 
     def _check(self, doc: dict, path: Path, lineno: int) -> dict:

@@ -9,6 +9,7 @@ be evaluated or served by tools built on `transformers`.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,19 @@ def from_hf(hf_model: Any, dtype: torch.dtype | None = torch.float32) -> GPT:
     return model.to(dtype).eval()
 
 
-def hf_config(cfg: GPTConfig) -> Any:
-    """The transformers config (GPT-2, Llama, or Mistral for a sliding window) of the same architecture, or a ValueError."""
+def hf_config(cfg: GPTConfig, bos_token_id: int | None = None, eos_token_id: int | None = None,
+              pad_token_id: int | None = None) -> Any:
+    """The transformers config (GPT-2, Llama, or Mistral for a sliding window) of the same architecture, or a ValueError.
+
+    The special-token ids are the model's own tokenizer's (None when unknown), never the defaults of the
+    transformers classes (GPT-2's 50256, Llama's 1 and 2), which name other tokens or none of this vocabulary.
+    """
     from transformers import GPT2Config, LlamaConfig, MistralConfig
+
+    tokens = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    for name, value in tokens.items():
+        if value is not None and not 0 <= value < cfg.vocab_size:
+            raise ValueError(f"{name}={value} is outside the vocabulary of {cfg.vocab_size} tokens")
 
     problems = []
     if not cfg.causal:
@@ -138,12 +149,12 @@ def hf_config(cfg: GPTConfig) -> Any:
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.ffn_dim, activation_function="gelu_new",
                           layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_weights,
                           resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
-                          architectures=["GPT2LMHeadModel"])
+                          architectures=["GPT2LMHeadModel"], **tokens)
     common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim,
                   num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
                   head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
                   rope_theta=cfg.rope_base,  # read by transformers 4.x and 5.x alike
-                  tie_word_embeddings=cfg.tie_weights)
+                  tie_word_embeddings=cfg.tie_weights, **tokens)
     if cfg.sliding_window is not None:
         return MistralConfig(**common, sliding_window=cfg.sliding_window, architectures=["MistralForCausalLM"])
     return LlamaConfig(**common, attention_bias=cfg.bias, mlp_bias=cfg.bias, architectures=["LlamaForCausalLM"])
@@ -168,15 +179,22 @@ def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None, dtype: 
     """Write config.json + model.safetensors (and the tokenizer, if given) loadable by AutoModelForCausalLM (@sec-architecture-hf).
 
     The weights are saved in `dtype` (None: the model's own parameter dtype), recorded in config.json.
-    `tokenizer` is anything with `save_pretrained(dir)`, e.g. a transformers PreTrainedTokenizerFast. Each file
-    is written to a temporary directory beside `out_dir` and moved into place with os.replace.
+    `tokenizer` is anything with `save_pretrained(dir)`, e.g. a transformers PreTrainedTokenizerFast; its
+    bos/eos/pad ids go into config.json and generation_config.json, so `generate` stops where the book's
+    model stops. Each file is written to a temporary directory beside `out_dir` and moved into place with
+    os.replace.
     """
     from transformers import AutoModelForCausalLM
 
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"tokenizer must have save_pretrained(dir) (e.g. PreTrainedTokenizerFast), "
                          f"got {type(tokenizer).__name__}")
-    hf = AutoModelForCausalLM.from_config(hf_config(model.config))
+    tokens = {name: getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    hf = AutoModelForCausalLM.from_config(hf_config(model.config, **tokens))
+    for name, value in tokens.items():
+        setattr(hf.generation_config, name, value)
+    if tokens["pad_token_id"] is None and tokens["eos_token_id"] is not None:  # pad batches with EOS, as GPT-2 does
+        hf.generation_config.pad_token_id = tokens["eos_token_id"]
     missing, unexpected = hf.load_state_dict(_hf_state_dict(model), strict=False)
     missing = [m for m in missing if not (model.config.tie_weights and m == "lm_head.weight")]
     if missing or unexpected:
@@ -187,9 +205,16 @@ def to_hf(model: GPT, out_dir: str | os.PathLike, tokenizer: Any = None, dtype: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp") as tmp:
-        hf.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            hf.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except Exception as err:  # a full disk: safetensors reports it as "I/O error: ... (os error 28)"
+            match = re.search(r"os error (\d+)", str(err))
+            code = err.errno if isinstance(err, OSError) else int(match.group(1)) if match else None
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(out)) from None
         for f in Path(tmp).iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())

@@ -273,10 +273,17 @@ class BPETokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} file (format={state.get('format')!r}); for a tokenizer.json use load_hf_tokenizer")
-        tok = cls([tuple(m) for m in state["merges"]], state["special_tokens"], state["pattern"])
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a {FORMAT} file ({' '.join(str(err).split())[:120]})") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path} is not a {FORMAT} file (format={found!r}); for a tokenizer.json use load_hf_tokenizer")
+        try:
+            tok = cls([tuple(m) for m in state["merges"]], state["special_tokens"], state["pattern"])
+        except (KeyError, TypeError, ValueError, regex.error) as err:
+            raise ValueError(f"{path}: malformed {FORMAT} file ({type(err).__name__}: {err})") from None
         tok.merge_counts = state.get("merge_counts", [])
         return tok
 

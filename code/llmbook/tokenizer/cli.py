@@ -9,7 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from llmbook.data.sources import SEPARATORS, load_inputs
+from llmbook.data.sources import SEPARATORS, load_inputs, utf8_text
+from llmbook.fileio import output_dir, run_lock
 from llmbook.tokenizer.bpe import BPETokenizer
 from llmbook.tokenizer.hf import save_hf_tokenizer, train_hf_tokenizer
 from llmbook.tokenizer.pretokenize import PATTERNS
@@ -32,8 +33,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
 
-def _texts(args: argparse.Namespace, skipped: Counter):
-    texts = (r["text"] for r in load_inputs(args.input, args.separator, args.text_field, skipped))
+def _texts(args: argparse.Namespace, skipped: Counter, repaired: Counter):
+    def texts_of(records):
+        for r in records:
+            text = utf8_text(r["text"])  # tokenizers take valid Unicode only: bad bytes become U+FFFD, counted
+            if text is not r["text"]:
+                repaired[r.get("source", "unknown")] += 1
+            yield text
+
+    texts = texts_of(load_inputs(args.input, args.separator, args.text_field, skipped))
     if args.max_chars is None:
         return texts
     budget = args.max_chars
@@ -53,13 +61,18 @@ def run_train(args: argparse.Namespace) -> int:
     specials = args.special or ["<|endoftext|>"]
     if args.vocab_size < 256 + len(specials):
         raise ValueError(f"--vocab-size must be at least {256 + len(specials)} (256 bytes + special tokens)")
-    skipped: Counter = Counter()
-    texts = _texts(args, skipped)
+    out = output_dir(args.out)
+    with run_lock(out):
+        return _train(args, specials, out)
+
+
+def _train(args: argparse.Namespace, specials: list[str], out: Path) -> int:
+    skipped, repaired = Counter(), Counter()
+    texts = _texts(args, skipped, repaired)
     first = next(texts, None)
     if first is None:
         raise ValueError("the input holds no documents (empty corpus)")
     texts = itertools.chain([first], texts)
-    out = Path(args.out)
     start = time.perf_counter()
     if args.impl == "scratch":
         tok = BPETokenizer(pattern=args.pattern).train(texts, args.vocab_size, special_tokens=specials)
@@ -72,5 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
         save_hf_tokenizer(hf, out / "tokenizer.json")
         size = hf.get_vocab_size()
     note = f"; skipped {sum(skipped.values())} unreadable records {dict(skipped)}" if skipped else ""
+    if repaired:
+        note += f"; replaced bytes that are not UTF-8 by U+FFFD in {sum(repaired.values())} documents {dict(repaired)}"
     print(f"trained {args.impl} BPE with {size} tokens in {time.perf_counter() - start:.1f} s -> {out / 'tokenizer.json'}{note}")
     return 0

@@ -84,6 +84,26 @@ def tokenizer_file(path: str | Path) -> Path:
     return path
 
 
+def special_tokens_as_text(tok: Tokenizer) -> Tokenizer:
+    """Make `tok` encode special-token strings found in raw text as ordinary text, and return it (@sec-data-bpe).
+
+    By default `tokenizers` turns a literal `<|endoftext|>` inside a document into the end-of-text id, so a
+    web page that mentions it would gain a document boundary. Special ids come only from the pipeline (the
+    packer appends EOS after each document), exactly as `BPETokenizer.encode` does by default. The setting is
+    not saved in tokenizer.json, so every loader applies it.
+    """
+    tok.encode_special_tokens = True
+    return tok
+
+
 def load_hf_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a `tokenizer.json` (or the one in a folder), with a clear error when the file is missing."""
-    return Tokenizer.from_file(str(tokenizer_file(path)))
+    """Load a `tokenizer.json` (or the one in a folder) that encodes special-token strings in text as text.
+
+    A missing, non-UTF-8 or malformed file raises FileNotFoundError or ValueError naming it."""
+    file = tokenizer_file(path)
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as err:  # tokenizers raises a bare Exception with the JSON parser's message
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{file}: not a valid tokenizer.json ({first[:160]})") from None
+    return special_tokens_as_text(tok)

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from llmbook.cli import CLIError
+from llmbook.cli import CLIError, error_line
+from llmbook.fileio import LockedError
 from llmbook.train.cli import add_arguments, run_train
 
 
@@ -13,8 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_train(args)
-    except (CLIError, ValueError, FileNotFoundError) as err:
-        print(f"llmbook.train: error: {err}", file=sys.stderr)
+    except (CLIError, ValueError, OSError, LockedError) as err:
+        print(f"llmbook.train: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

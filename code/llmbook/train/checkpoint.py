@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -145,9 +146,43 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     its own trainer state; rank 0 copies `extra_files` (the tokenizer) in. Rank 0 then checksums everything, writes the manifest, renames the directory
     into place and prunes to the newest `keep` checkpoints.
     """
-    rank, world = _rank(), _world()
     final = root / step_dir_name(step)
     tmp = root / (final.name + ".tmp")
+    try:
+        return _save(root, step, final, tmp, model, optimizer, trainer_state, config, sharded, keep, extra_files,
+                     consolidated)
+    except Exception as err:  # a full disk, a vanished folder: drop the partial copy, keep the previous ones
+        reason = _write_failure(err, root, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = [p.name for p in list_checkpoints(root) if p != final]
+        kept = (f"the previous checkpoint {previous[-1]} is intact: free some space and rerun with --resume"
+                if previous else "no earlier checkpoint exists")
+        raise CheckpointError(f"could not write checkpoint {final.name} in {root} ({reason}); {kept}") from None
+
+
+def _write_failure(err: BaseException, root: Path, tmp: Path) -> str:
+    """What went wrong in a checkpoint write, in one line: the file being written (the newest in `tmp`), the
+    error, and the free space left on the device."""
+    if isinstance(err, OSError) and err.strerror:
+        reason = err.strerror
+    else:  # torch's C++ writer: "[enforce fail at inline_container.cc:NNN] . unexpected pos 206400 vs 206292"
+        detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", (str(err).strip().splitlines() or [""])[0])
+        reason = f"write failed: {detail}" if detail else f"write failed ({type(err).__name__})"
+    try:
+        partial = max((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+        reason = f"{partial.relative_to(tmp).as_posix()}: {reason}"
+    except (OSError, ValueError):  # nothing written yet
+        pass
+    try:
+        return f"{reason}; {shutil.disk_usage(root).free / 2**20:.1f} MiB free on that device"
+    except OSError:
+        return reason
+
+
+def _save(root: Path, step: int, final: Path, tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+          trainer_state: dict[str, Any], config: dict[str, Any], sharded: bool, keep: int,
+          extra_files: list[Path], consolidated: bool) -> Path:
+    rank, world = _rank(), _world()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -198,11 +233,19 @@ def prune(root: Path, keep: int, newest: Path | None = None) -> list[Path]:
     `newest` (the checkpoint just written) is never deleted, even when older-numbered directories
     outrank it; `.corrupt` directories are kept for inspection and never counted.
     """
-    removed = [p for p in root.glob(f"{PREFIX}*.tmp") if p.is_dir()]
+    removed = remove_partial(root)
     found = list_checkpoints(root)
     if newest is not None:
         found = [p for p in found if p != newest] + [newest]
-    removed += [p for p in found[:-keep] if p != newest]
+    old = [p for p in found[:-keep] if p != newest]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed + old
+
+
+def remove_partial(root: Path) -> list[Path]:
+    """Delete the `step_X.tmp` directories a crash or a full disk left behind (never valid); return them."""
+    removed = [p for p in root.glob(f"{PREFIX}*.tmp") if p.is_dir()] if root.is_dir() else []
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
@@ -242,10 +285,7 @@ def verify(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{path.name}: no {MANIFEST} (incomplete write)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path.name}: unreadable manifest ({err})") from None
+    manifest = read_manifest(path)
     for rel, meta in manifest["files"].items():
         file = path / rel
         if not file.is_file():
@@ -254,6 +294,33 @@ def verify(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path.name}: {rel} has {file.stat().st_size} bytes, manifest says {meta['bytes']}")
         if file_sha256(file) != meta["sha256"]:
             raise CheckpointError(f"{path.name}: {rel} fails its sha256 checksum (corrupted)")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of checkpoint `path`, checked field by field (a planted or damaged one raises CheckpointError)."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path.name}: unreadable {MANIFEST} ({' '.join(str(err).split())})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path.name}: {MANIFEST} is not a JSON object")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{path.name}: {MANIFEST} field 'files' is {'missing' if files is None else 'malformed'} "
+                              f"(got {json.dumps(files)[:60]}); expected a table of file -> bytes, sha256")
+    for rel, meta in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise CheckpointError(f"{path.name}: {MANIFEST} files lists {rel!r}, outside the checkpoint")
+        if not (isinstance(meta, dict) and isinstance(meta.get("bytes"), int) and isinstance(meta.get("sha256"), str)):
+            raise CheckpointError(f"{path.name}: {MANIFEST} files[{rel!r}] is malformed (got {json.dumps(meta)[:60]}); "
+                                  "expected {\"bytes\": int, \"sha256\": str}")
+    for key, kind in (("step", int), ("world_size", int), ("format", str)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise CheckpointError(f"{path.name}: {MANIFEST} field {key!r} is missing or malformed "
+                                  f"(got {json.dumps(manifest.get(key))[:60]})")
     return manifest
 
 
@@ -287,45 +354,100 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                     sharded: bool, trust_sharded: bool = False) -> dict[str, Any]:
     """Load model (and optimizer) state from checkpoint `path` on every rank; return this rank's trainer state.
 
-    A sharded (DCP) checkpoint is resharded to the current world size by `torch.distributed.checkpoint`.
-    DCP's metadata file is a pickle, so loading weights only (`optimizer=None`: generate, export) reads
-    the consolidated `model.safetensors` when the checkpoint has one and refuses the DCP shards unless
-    `trust_sharded=True`.
+    The loader follows the caller's configuration, never a field of the checkpoint's own files: a resume of an
+    FSDP2 run (`sharded=True`) reads the DCP shards, resharded to the current world size; any other resume reads
+    `model.safetensors` and `optimizer.pt` (tensors only). Loading weights only (`optimizer=None`: generate,
+    export, eval) reads the consolidated `model.safetensors` when the checkpoint has one. DCP's metadata file is
+    a pickle, which runs code from the file, so every path that reads it (resume included) refuses unless
+    `trust_sharded=True` (@sec-scale-checkpoint).
     When the world size changed, ranks without a saved trainer state take rank 0's (RNG streams and data
     order then differ from an uninterrupted run, which the trainer reports).
     """
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    if manifest["format"] == "dcp":
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        if optimizer is None and (path / "model.safetensors").is_file():
-            model.load_state_dict(load_file(str(path / "model.safetensors")))
-        elif optimizer is None:
-            if not trust_sharded:
-                raise CheckpointError(f"{path.name} is a sharded (DCP) checkpoint without a consolidated "
-                                      "model.safetensors; DCP metadata is a pickle, so reading it runs code from "
-                                      "the file: pass --trust-sharded only for checkpoints you wrote yourself")
-            state = {"model": model.state_dict()}
-            dcp.load(state, checkpoint_id=str(path / "dcp"))
-            model.load_state_dict(state["model"])
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=str(path / "dcp"))
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    manifest = read_manifest(path)
+    full = path / "model.safetensors"
+    if optimizer is None and full.is_file():
+        _load_weights(path, model, full)
+    elif sharded or optimizer is None:
+        if not (path / "dcp" / ".metadata").is_file():
+            raise CheckpointError(f"{path.name} holds no sharded (DCP) state: it was written by a run with "
+                                  "parallel.mode=none or ddp; resume it with that mode" if optimizer is not None else
+                                  f"{path.name} has neither model.safetensors nor sharded (DCP) state")
+        if not trust_sharded:
+            what = "resuming from" if optimizer is not None else "loading"
+            raise CheckpointError(f"{what} {path.name} reads its sharded (DCP) state, whose metadata is a pickle: "
+                                  "reading it runs code from the file; pass --trust-sharded only for checkpoints "
+                                  "you wrote yourself")
+        _load_dcp(path, model, optimizer)
     else:
-        if sharded:
-            raise CheckpointError(f"{path.name} holds full (non-FSDP) state; resume it with parallel.mode=none or ddp")
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        if optimizer is not None:
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        if not full.is_file() or not (path / "optimizer.pt").is_file():
+            raise CheckpointError(f"{path.name} holds sharded (FSDP2) training state; resume it with "
+                                  "parallel.mode=fsdp (and --trust-sharded)")
+        _load_weights(path, model, full)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rank = _rank()
     own = path / f"rank_{rank:05d}.pt"
     state_file = own if own.is_file() else path / "rank_00000.pt"
     trainer_state = from_safe(torch.load(state_file, weights_only=True))
     trainer_state["world_size_changed"] = manifest["world_size"] != _world()
     return trainer_state
+
+
+def _load_weights(path: Path, model: nn.Module, file: Path) -> None:
+    """Load `model.safetensors` into `model`, after checking every tensor's name and shape against it."""
+    from safetensors import safe_open
+
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error type for a damaged header
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(err).split())[:120]})") from None
+    if saved != mine:
+        bad = sorted(set(saved) ^ set(mine)) or [k for k in mine if saved[k] != mine[k]]
+        name = bad[0]
+        detail = (f"{name} has shape {list(saved[name])} in the checkpoint and {list(mine[name])} in this model"
+                  if name in saved and name in mine else
+                  f"{name} is only in the {'checkpoint' if name in saved else 'model'}")
+        raise CheckpointError(f"{path.name} was written for a different model shape ({detail}{_config_diff(path, model)}); "
+                              "use the checkpoint's [model] settings or a new output directory")
+    model.load_state_dict(load_file(str(file)))
+
+
+def _config_diff(path: Path, model: nn.Module) -> str:
+    """'; [model] n_layer: 2 in the checkpoint, 3 now' from the checkpoint's config.json, when it says."""
+    from llmbook.train.config import RunConfig
+
+    mine = getattr(getattr(model, "config", None), "to_dict", lambda: {})()
+    try:
+        saved = RunConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8"))).model_config().to_dict()
+    except (OSError, ValueError, TypeError):
+        return ""
+    diff = [f"{k}: {saved[k]!r} in the checkpoint, {mine[k]!r} now" for k in mine
+            if k in saved and saved[k] != mine[k] and k not in ("extra", "dropout")]
+    return "; [model] " + ", ".join(diff) if diff else ""
+
+
+def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Read the DCP shards into `model` (and `optimizer`), resharding to the current world size."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if optimizer is None:
+        state = {"model": model.state_dict()}
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+    try:
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
+    except (Exception, CheckpointException) as err:  # DCP collects each rank's failure into a CheckpointException
+        last = ([line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__])[-1]
+        raise CheckpointError(f"{path.name}: cannot load its sharded (DCP) state into this model ({last[:200]})"
+                              f"{_config_diff(path, model)}") from None
+    if optimizer is None:
+        model.load_state_dict(state["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def consolidate(path: str | Path, model: nn.Module, out_file: str | Path, trust_sharded: bool = False) -> Path:
@@ -352,6 +474,11 @@ class CheckpointInfo:
 def info(path: str | Path) -> CheckpointInfo:
     """Resolve and describe a checkpoint."""
     ckpt = resolve(path)
-    manifest = json.loads((ckpt / MANIFEST).read_text(encoding="utf-8"))
-    config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(ckpt)
+    try:
+        config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{ckpt / 'config.json'}: unreadable run config ({' '.join(str(err).split())})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{ckpt / 'config.json'}: not a JSON object")
     return CheckpointInfo(ckpt, manifest["step"], manifest["world_size"], manifest["format"], config)

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory: metrics.jsonl and checkpoints/ go here")
     parser.add_argument("--parallel", choices=("none", "ddp", "fsdp"), help="data parallelism (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    parser.add_argument("--trust-sharded", action="store_true",
+                        help="allow resuming an FSDP2 run from its DCP shards, whose metadata is a pickle (only for "
+                             "checkpoints you wrote yourself)")
     groups = {"model": _model_fields(), **{name: [f.name for f in dataclasses.fields(k)] for name, k in SECTIONS.items()}}
     for section, names in groups.items():
         group = parser.add_argument_group(f"[{section}] overrides")
@@ -49,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, overrides_from(args))
     try:
-        records = run(cfg, args.out, resume=args.resume)
+        records = run(cfg, args.out, resume=args.resume, trust_sharded=args.trust_sharded)
     except (CheckpointError, TrainingDiverged) as err:  # a user-facing condition, not a bug: one line, exit 2
         raise CLIError(str(err)) from None
     losses = [r["loss"] for r in records if "loss" in r]

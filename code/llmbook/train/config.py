@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,24 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 ON_BAD_STEP = ("skip", "stop")
+
+
+def _typed(section: str, obj: Any) -> None:
+    """Check every scalar field against its annotation: an integer is whole (1.5 is not a step count), a float
+    is finite, a bool is true or false (not the string 'maybe'); integral floats such as 1e3 become ints."""
+    wants = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), f.type
+        if kind not in wants:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            setattr(obj, f.name, value := int(value))
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": number and math.isfinite(value),
+              "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+        if not ok:
+            raise ValueError(f"[{section}] {f.name} must be {wants[kind]}, got {value!r}")
 
 
 def _positive(section: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -46,6 +65,7 @@ class DataConfig:
     cache_dir: str = ""  # "" -> $LLMBOOK_CACHE or ~/.cache/llmbook
 
     def __post_init__(self) -> None:
+        _typed("data", self)
         _positive("data", self, "tokenizer_vocab", "batch_size", "block_size")
         _positive("data", self, "max_chars", allow_zero=True)
         if not self.datasets or not all(isinstance(d, str) and d for d in self.datasets):
@@ -70,6 +90,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 disables clipping
 
     def __post_init__(self) -> None:
+        _typed("optim", self)
         _positive("optim", self, "lr", "eps")
         _positive("optim", self, "min_lr", "weight_decay", "warmup_steps", "grad_clip", allow_zero=True)
         _choice("optim", "schedule", self.schedule, SCHEDULES)
@@ -103,6 +124,7 @@ class TrainConfig:
     z_loss: float = 0.0  # coefficient of the PaLM z-loss, mean (log Z)^2 of the output softmax; 0 disables
 
     def __post_init__(self) -> None:
+        _typed("train", self)
         _positive("train", self, "steps", "grad_accum", "log_every", "eval_batches", "max_bad_steps")
         _positive("train", self, "eval_every", "spike_factor", "z_loss", allow_zero=True)
         _choice("train", "precision", self.precision, PRECISIONS)
@@ -120,6 +142,7 @@ class CheckpointConfig:
     keep: int = 3
 
     def __post_init__(self) -> None:
+        _typed("checkpoint", self)
         _positive("checkpoint", self, "every", allow_zero=True)
         _positive("checkpoint", self, "keep")
 
@@ -136,6 +159,7 @@ class ParallelConfig:
     fsdp_no_sync: bool = False
 
     def __post_init__(self) -> None:
+        _typed("parallel", self)
         _choice("parallel", "mode", self.mode, PARALLEL_MODES)
         _choice("parallel", "reduce_dtype", self.reduce_dtype, PRECISIONS)
 

@@ -1,6 +1,6 @@
 """From a named corpus to packed token shards and rank-sharded loaders for the trainer (@sec-scale-trainer).
 
-The corpora are read with `llmbook.data.sources` (the local `$LLMBOOK_DATA` copy), a byte-level BPE is
+The corpora are read with `llmbook.data.sources` (files of the data registry), a byte-level BPE is
 trained on them with `llmbook.tokenizer`, and the documents are packed with `llmbook.data.pack`. The result is cached under `$LLMBOOK_CACHE` (default
 `~/.cache/llmbook`) in a folder named by the settings, so later runs start instantly.
 """
@@ -62,6 +62,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
             raise FileNotFoundError(f"[data] shard_dir {path} holds no {MANIFEST}")
         return path
     from llmbook.tokenizer import train_hf_tokenizer
+    from llmbook.tokenizer.hf import special_tokens_as_text
 
     out = shard_dir_for(cfg)
     if (out / MANIFEST).is_file():
@@ -72,6 +73,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
     try:
         tokenizer = train_hf_tokenizer((r["text"] for r in documents(cfg)), cfg.tokenizer_vocab, special_tokens=(EOS,))
         atomic_write_text(tmp / "tokenizer.json", tokenizer.to_str())
+        special_tokens_as_text(tokenizer)  # a literal <|endoftext|> in a document is text; EOS comes from the packer
         write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, tmp, eos_id=tokenizer.token_to_id(EOS),
                      vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
                      tokenizer_hash=file_sha256(tmp / "tokenizer.json"), progress=progress)

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import argparse
 
+from llmbook.fileio import LOCK_NAME, output_dir, run_lock
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.data import EOS
 from llmbook.train.generate import add_trust_flag, load_model
 
 
 def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
-    """Write `config.json`, `model.safetensors` and the tokenizer, loadable by `AutoModelForCausalLM`."""
+    """Write `config.json`, `generation_config.json`, `model.safetensors` and the tokenizer, loadable by
+    `AutoModelForCausalLM`, with the tokenizer's own end-of-text id as bos/eos (@sec-scale-checkpoint).
+
+    `out_dir` must be new, empty or a model folder (it holds a config.json): other folders are refused, so an
+    export never mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a
+    literal `<|endoftext|>` in text as text (`split_special_tokens`).
+    """
     from transformers import PreTrainedTokenizerFast
 
     from llmbook.model import to_hf
 
-    model, tokenizer, meta = load_model(checkpoint, trust_sharded=trust_sharded)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None)
-    to_hf(model, out_dir, tokenizer=hf_tok)
+    out = output_dir(out_dir)
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if others and not (out / "config.json").is_file():
+        raise ValueError(f"--out {out}: holds {len(others)} other file(s) (e.g. {others[0]!r}) and is not a model "
+                         "folder; refusing to write into it (choose a new or empty folder)")
+    with run_lock(out):
+        model, tokenizer, meta = load_model(checkpoint, trust_sharded=trust_sharded)
+        if tokenizer.token_to_id(EOS) is None:
+            raise ValueError(f"{meta.path / 'tokenizer.json'} has no {EOS} token to export as end-of-text")
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None,
+                                         split_special_tokens=True)
+        to_hf(model, out, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
 
 

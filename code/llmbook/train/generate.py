@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from pathlib import Path
 
@@ -19,9 +20,8 @@ def load_model(path: str | Path, device: str = "cpu", trust_sharded: bool = Fals
     An FSDP2 checkpoint is read from its consolidated `model.safetensors`; its DCP shards (pickled
     metadata) are gathered in one process only with `trust_sharded=True` (@sec-scale-checkpoint).
     """
-    from tokenizers import Tokenizer
-
     from llmbook.model import GPT
+    from llmbook.tokenizer.hf import load_hf_tokenizer
 
     meta = ckpt.info(path)
     model = GPT(RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config())
@@ -31,7 +31,7 @@ def load_model(path: str | Path, device: str = "cpu", trust_sharded: bool = Fals
     tok_file = meta.path / "tokenizer.json"
     if not tok_file.is_file():
         raise FileNotFoundError(f"{meta.path} has no tokenizer.json (the run used pre-tokenized shards without one)")
-    return model.to(device).eval(), Tokenizer.from_file(str(tok_file)), meta
+    return model.to(device).eval(), load_hf_tokenizer(tok_file), meta
 
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
@@ -52,9 +52,22 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 100, temp
     return prompt + tokenizer.decode(new)
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, samples: int) -> None:
+    """Reject sampling settings that cannot mean anything, naming the flag and the value."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: off), got {top_k}")
+    if samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {samples}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from llmbook.cli import CLIError
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.samples)
     try:
         model, tokenizer, meta = load_model(args.checkpoint, trust_sharded=args.trust_sharded)
         print(f"# {meta.path.name} (step {meta.step})")
@@ -79,7 +92,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy")
     parser.add_argument("--top-k", type=int, default=50, help="0 disables top-k truncation")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,11 @@ from llmbook.train.config import ParallelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+# Set on every node of a multi-node run with --max-restarts: torchrun's c10d rendezvous shares one TCPStore with
+# the workers and keeps it across restarts, but each node counts restarts itself, so after one node's failure the
+# restarted workers can read stale addresses and hang (pytorch/pytorch#135712). A fresh store per round avoids it.
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -122,15 +127,27 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def torchrun_command(config: str, out_dir: str, nproc: int, *args: str) -> list[str]:
-    """The command that trains `config` on `nproc` local processes: `torchrun --standalone -m llmbook.train ...`.
+def torchrun_command(config: str, out_dir: str, nproc: int, *args: str, nnodes: int = 1,
+                     rdzv_endpoint: str | None = None, max_restarts: int = 0) -> list[str]:
+    """The command that trains `config` on `nproc` processes per node: `torchrun ... -m llmbook.train ...`.
 
-    Multi-node runs replace `--standalone` with `--nnodes=N --node_rank=i --rdzv_backend=c10d
-    --rdzv_endpoint=HOST:PORT` on every node (@sec-scale-parallel).
+    One node uses `--standalone`. Several nodes (`nnodes > 1`) run the same command on every node, which joins a
+    c10d rendezvous at `rdzv_endpoint` (HOST:PORT of one node); torchrun assigns the ranks. With
+    `max_restarts`, torchrun restarts every worker after a failure, and `--resume` (add it to `args`) makes the
+    restarted job continue from the last checkpoint; run it with `RESTART_ENV` in the environment of every node
+    (@sec-scale-parallel).
     """
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ValueError("a multi-node run needs rdzv_endpoint=HOST:PORT")
+    if nnodes == 1 and not rdzv_endpoint:
+        launcher = ["--standalone"]
+    else:
+        launcher = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=llmbook"]
+    if max_restarts:
+        launcher.append(f"--max-restarts={max_restarts}")
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}",
             "-m", "llmbook.train", "--config", str(config), "--out", str(out_dir), *args]
 
 

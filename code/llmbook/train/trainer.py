@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
+from llmbook.fileio import output_dir, run_lock
 from llmbook.progress import progress_bar
 from llmbook.train import checkpoint as ckpt
 from llmbook.train.config import RunConfig
@@ -90,9 +91,12 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+            except OSError as err:  # a full disk: name the file (a failed write() names none)
+                raise OSError(err.errno, err.strerror, str(self.path)) from None
 
 
 def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -115,22 +119,34 @@ class Trainer:
     `model` is an unwrapped nn.Module whose `forward(idx, targets)` returns `(logits, loss)` and which
     holds its transformer blocks in `model.blocks`; by default a `llmbook.model.GPT` is built from
     the config. `loaders(split, rank, world_size, seed)` returns a loader; by default the run's corpus
-    is tokenized and packed with `llmbook.train.data`.
+    is tokenized and packed with `llmbook.train.data`. The main process locks `out_dir` from construction
+    until the run ends (`fit` reaches `train.steps`, raises, or `close()`), so a second writer is refused.
+    Resuming an FSDP2 run reads DCP's pickled metadata and needs `trust_sharded=True`.
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, model: nn.Module | None = None,
-                 loaders: LoaderFactory | None = None, resume: bool = False, log: Callable[[str], None] = print):
-        self.cfg, self.out_dir = cfg, Path(out_dir)
+                 loaders: LoaderFactory | None = None, resume: bool = False, log: Callable[[str], None] = print,
+                 trust_sharded: bool = False):
+        self.cfg, self.out_dir, self.trust_sharded = cfg, Path(out_dir), trust_sharded
         device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(cfg.parallel.mode, device)
         self.log = log if self.dist.is_main else (lambda msg: None)
+        output_dir(self.out_dir, "output directory")
+        self._lock = run_lock(self.out_dir, log=self.log) if self.dist.is_main else None
+        try:
+            self._setup(model, loaders, resume, device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, model: nn.Module | None, loaders: LoaderFactory | None, resume: bool, device: str) -> None:
+        cfg = self.cfg
         if cfg.train.gpu:
             from llmbook.costs import get_gpu
 
             get_gpu(cfg.train.gpu)  # an unknown name fails now, not at the first log line
         if cfg.parallel.mode == "fsdp" and cfg.train.precision == "fp16":
             raise ValueError("[train] precision='fp16' needs a sharded grad scaler; use 'bf16' with parallel.mode='fsdp'")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_root = self.out_dir / "checkpoints"
         if loaders is None:
             from llmbook.train.data import token_loaders
@@ -163,6 +179,11 @@ class Trainer:
             raise ValueError(f"{self.ckpt_root} already holds checkpoints; resume, or choose a new output directory")
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.dist.is_main, keep_until=self.step, log=self.log)
 
+    def close(self) -> None:
+        """Release the output-directory lock (the end of `fit` and process exit do this too)."""
+        if self._lock is not None:
+            self._lock.release()
+
     # ------------------------------------------------------------------ state
     @property
     def sharded(self) -> bool:
@@ -190,10 +211,16 @@ class Trainer:
             resumed = int(Path(found).name[len(ckpt.PREFIX):]) if found else -1
             for path in ckpt.quarantine_newer(self.ckpt_root, resumed):
                 self.log(f"renamed unusable {path.name[:-len(ckpt.CORRUPT)]} to {path.name} (kept for inspection)")
+            for path in ckpt.remove_partial(self.ckpt_root):  # partial writes of a crash or a full disk free their space
+                self.log(f"removed the partial checkpoint {path.name}")
         if found is None:
             self.log(f"no valid checkpoint in {self.ckpt_root}; starting from step 0")
             return
-        state = ckpt.load_checkpoint(Path(found), self.model, self.optimizer, sharded=self.sharded)
+        state = ckpt.load_checkpoint(Path(found), self.model, self.optimizer, sharded=self.sharded,
+                                     trust_sharded=self.trust_sharded)
+        if state["step"] > self.cfg.train.steps:
+            raise ValueError(f"{Path(found).name} is at step {state['step']}, past [train] steps={self.cfg.train.steps}: "
+                             f"nothing to train; raise train.steps to continue the run")
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.guard = state["guard"]
         self.scaler.load_state_dict(state["scaler"])
@@ -206,6 +233,8 @@ class Trainer:
             self.log(f"world size changed from {state['world_size']} to {self.dist.world_size}: weights and "
                      "optimizer state were resharded; dropout RNG streams restart from a new seed")
         self.log(f"resumed from {Path(found).name} at step {self.step}")
+        if self.step == self.cfg.train.steps:
+            self.log(f"the run is already complete ([train] steps={self.step}); nothing to train")
 
     def _reshard_loader(self, state: dict[str, Any]) -> None:
         """Continue the data stream after a world-size change.
@@ -352,8 +381,13 @@ class Trainer:
                     records.append(record)
                 if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
                     self.save()
+        except BaseException:
+            self.close()
+            raise
         finally:
             bar.close()
+        if self.step >= cfg.train.steps:
+            self.close()
         return records
 
 
@@ -362,6 +396,10 @@ def run(cfg: RunConfig, out_dir: str | Path, resume: bool = False, **kwargs: Any
     from llmbook.train.parallel import cleanup
 
     try:
-        return Trainer(cfg, out_dir, resume=resume, **kwargs).fit()
+        trainer = Trainer(cfg, out_dir, resume=resume, **kwargs)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
         cleanup()
