@@ -18,15 +18,14 @@ from typing import Any
 
 from llmbook.fileio import atomic_write
 
-# Licences of the named corpora of `llmbook.data.sources`, as their sources state them.
-CORPUS_LICENCES: dict[str, str] = {
-    "tinystories": "CDLA-Sharing-1.0 (TinyStories, Eldan and Li)",
-    "tinystories-valid": "CDLA-Sharing-1.0 (TinyStories, Eldan and Li)",
-    "tinyshakespeare": "MIT (char-rnn repository)",
-    "wikitext2": "CC BY-SA 3.0 (WikiText, Merity et al.)",
-    "gutenberg": "public domain in the USA (Project Gutenberg texts; some authors still in copyright elsewhere)",
-    "fineweb-edu": "ODC-By 1.0 (FineWeb-Edu)",
-}
+def corpus_licence(name: str) -> str:
+    """The licence the data registry records for a corpus name of the trainer's config (`llmbook.data.sources`)."""
+    from llmbook.data.registry import registry
+    from llmbook.data.sources import NAMED
+
+    folder = NAMED[name][0].split("/")[0] if name in NAMED else name
+    ds = registry().datasets.get(folder)
+    return ds.licence if ds is not None else "not recorded"
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -122,7 +121,7 @@ def model_card(checkpoint: str | Path, evals: Sequence[dict] = (), data_report: 
     if shards:
         lines += ["| source | licence | documents | tokens |", "|:--|:--|--:|--:|"]
         for src, s in shards.get("sources", {}).items():
-            lines.append(f"| {src} | {CORPUS_LICENCES.get(src, 'not recorded')} | {s.get('documents', 0):,} | "
+            lines.append(f"| {src} | {corpus_licence(src)} | {s.get('documents', 0):,} | "
                          f"{s.get('tokens', 0):,} |")
         sp = shards.get("splits", {})
         lines += ["", f"{shards.get('documents', 0):,} documents and {shards.get('tokens', 0):,} tokens in all; "
