@@ -49,8 +49,9 @@ def test_card_says_what_is_not_recorded(run):
 
 def test_cli_card(run, tmp_path, capsys):
     out = tmp_path / "card.md"
-    assert main(["card", "--checkpoint", str(run), "--out", str(out)]) == 0
-    assert out.read_text().startswith("# Model card: run")
+    assert main(["card", "--checkpoint", str(run), "--out", str(out), "--intended-use", "Unit tests only."]) == 0
+    text = out.read_text()
+    assert text.startswith("# Model card: run") and "## Intended use\n\nUnit tests only.\n" in text
 
 
 @pytest.mark.parametrize("content,expected", [

@@ -44,6 +44,21 @@ def test_prompt_numbers_and_delimits_sources():
     assert p.endswith("Question: When was the tower finished?\nAnswer:")
 
 
+def test_chat_messages_get_the_sources_as_a_system_message():
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tower?"},
+            {"role": "assistant", "content": "Which?"}, {"role": "user", "content": "The Eiffel one."}]
+    out = rag.augment_messages(msgs, PASSAGES)
+    assert [m["role"] for m in out] == ["system", "system", "user", "assistant", "user"]
+    assert out[0] == msgs[0] and out[2:] == msgs[1:]
+    assert "[1] (from a.md:1-2)" in out[1]["content"] and out[1]["content"].startswith(rag.INSTRUCTION)
+    assert rag.augment_messages(msgs[1:2], PASSAGES)[0]["role"] == "system"
+    assert rag.last_user_message(msgs) == "The Eiffel one."
+    with pytest.raises(ValueError):
+        rag.last_user_message([{"role": "assistant", "content": "hi"}])
+    with pytest.raises(ValueError):
+        rag.augment_messages([{"role": "user", "content": 3}], PASSAGES)
+
+
 def test_citations_and_grounding():
     assert rag.citations("x [2] y [1] z [2]") == [2, 1]
     g = rag.grounding("It was finished in 1889 [1].", PASSAGES)

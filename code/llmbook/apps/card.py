@@ -112,8 +112,9 @@ def model_card(checkpoint: str | Path, evals: Sequence[dict] = (), data_report: 
         "",
         "## Intended use",
         "",
-        intended_use or ("Teaching and research on how language models are built and evaluated. The model is small and "
-                         "briefly trained: it is **not** meant to answer questions, give advice or be deployed to users."),
+        intended_use or ("Not stated by the run's builders (`llmbook card --intended-use`). A pre-trained model of the "
+                         "book's trainer is meant for teaching and research on how language models are built and "
+                         "evaluated, not to answer questions, give advice or be deployed to users."),
         "",
         "## Training data",
         "",
@@ -166,15 +167,13 @@ def model_card(checkpoint: str | Path, evals: Sequence[dict] = (), data_report: 
         "",
         "## Limitations and risks",
         "",
-        f"- Trained on {tokens_seen:,} tokens of {', '.join(dc.datasets) or 'pre-tokenised shards'}: it knows the "
-        "vocabulary and style of that text only, and its scores on benchmarks outside it are near chance.",
-        f"- A context of {mc.block_size} tokens: longer inputs are cut, so retrieved passages must be short.",
-        "- No instruction tuning and no safety tuning: it continues text, does not follow instructions, and will "
-        "not refuse harmful requests. Refusal and moderation numbers for it measure nothing useful.",
-        "- Its generations can repeat training text (see the memorisation test of the book's applications chapter); "
-        "do not train it on data you may not redistribute.",
-        "- English only; social biases of the training text carry over (see the bias probes of the same chapter), "
-        "and probes on a model this small have wide intervals.",
+        f"- Trained on {tokens_seen:,} tokens of {', '.join(dc.datasets) or 'pre-tokenised shards'}: a model "
+        "reflects the text it was trained on; evaluate it on your own task and data before relying on it.",
+        f"- A context of {mc.block_size} tokens: longer inputs are cut, so prompts and retrieved passages must fit.",
+        "- The records show pre-training only: no instruction tuning and no safety tuning. Such a model continues "
+        "text; it does not follow instructions and will not refuse harmful requests.",
+        "- Memorisation of training text and social biases are not measured by these records: run the extraction "
+        "test and the bias probes of `llmbook.eval` (the book's applications chapter) before release.",
         "",
         "## Datasheet for the training data",
         "",
@@ -204,7 +203,7 @@ def run_card(args: argparse.Namespace) -> int:
     if report is not None and not isinstance(report, dict):
         raise ValueError(f"--data-report {args.data_report}: expected the report.json of `llmbook data prepare`")
     try:
-        text = model_card(args.checkpoint, evals, report, name=args.name)
+        text = model_card(args.checkpoint, evals, report, name=args.name, intended_use=args.intended_use)
     except RuntimeError as err:  # the trainer's CheckpointError: a bad checkpoint is a user error here
         raise ValueError(f"--checkpoint {args.checkpoint}: {err}") from None
     atomic_write(args.out, lambda f: f.write(text))
@@ -221,4 +220,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", action="append", help="result file of `llmbook eval --output` (repeatable)")
     p.add_argument("--data-report", help="report.json of `llmbook data prepare` (deduplication and PII statistics)")
     p.add_argument("--name", help="model name in the title (default: the run folder's name)")
+    p.add_argument("--intended-use", help="the intended-use statement, in Markdown (default: a generic one)")
     p.set_defaults(func=run_card)

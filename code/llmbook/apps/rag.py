@@ -32,7 +32,12 @@ class Passage:
 def unique_in_order(items: Sequence[Hashable]) -> list:
     """Items with repeats removed, first occurrence kept: chunk hits -> document ranking (max pooling)."""
     seen: set = set()
-    return [x for x in items if not (x in seen or seen.add(x))]
+    out = []
+    for x in items:
+        if x not in seen:
+            seen.add(x)
+            out.append(x)
+    return out
 
 
 def reciprocal_ranks(rankings: Sequence[Sequence[Hashable]], gold: Sequence[Hashable]) -> np.ndarray:
@@ -70,8 +75,35 @@ INSTRUCTION = ("Answer the question using only the numbered sources below, and c
 
 def build_prompt(question: str, passages: Sequence[Passage], instruction: str = INSTRUCTION) -> str:
     """The RAG prompt: instruction, numbered sources (each inside markers with its origin), question."""
-    sources = "\n\n".join(f"[{i}] (from {p.source})\n<<<\n{p.text.strip()}\n>>>" for i, p in enumerate(passages, 1))
-    return f"{instruction}\n\nSources:\n\n{sources}\n\nQuestion: {question.strip()}\nAnswer:"
+    return f"{instruction}\n\nSources:\n\n{sources_block(passages)}\n\nQuestion: {question.strip()}\nAnswer:"
+
+
+def sources_block(passages: Sequence[Passage]) -> str:
+    """The numbered sources of a prompt, each inside markers and named by its origin."""
+    return "\n\n".join(f"[{i}] (from {p.source})\n<<<\n{p.text.strip()}\n>>>" for i, p in enumerate(passages, 1))
+
+
+def augment_messages(messages: Sequence[dict], passages: Sequence[Passage],
+                     instruction: str = INSTRUCTION) -> list[dict]:
+    """A chat conversation with retrieved sources: a system message holding the instruction and the numbered
+    sources goes first (after the caller's own system message, if any), the user's turns are unchanged.
+
+    This is how a chat endpoint retrieves before answering: search with the last user message, screen the
+    passages, then render these messages with the model's chat template.
+    """
+    if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} objects")
+    system = {"role": "system", "content": f"{instruction}\n\nSources:\n\n{sources_block(passages)}"}
+    lead = 1 if messages[0].get("role") == "system" else 0
+    return [*messages[:lead], system, *messages[lead:]]
+
+
+def last_user_message(messages: Sequence[dict]) -> str:
+    """The content of the last user turn: the query a chat endpoint retrieves for."""
+    for m in reversed(messages):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return m["content"]
+    raise ValueError("the conversation has no user message to retrieve for")
 
 
 _CITATION = re.compile(r"\[(\d+)\]")
