@@ -17,8 +17,9 @@ export LLMBOOK_DATA
 export PYTHONHASHSEED := 0
 export LLMBOOK_QUIET := 1
 
-# System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code).
-SYSTEM_PACKAGES := bubblewrap libseccomp2
+# System packages the tests use (Debian/Ubuntu names): bubblewrap sandboxes model-written code (@sec-evaluation-code);
+# chromium runs the model explorer page in a real browser (@sec-architecture-explorer).
+SYSTEM_PACKAGES := bubblewrap libseccomp2 chromium
 
 .PHONY: book book-latex test venv notebooks freeze check clean sysdeps
 

@@ -507,7 +507,9 @@ def code_cell_markdown(cell: QCell, fmt: OutputFormat, stem: str, warning: bool 
             raise ValueError(f"{stem}: {_cell_name(cell)} has an error output")
         if o["output_type"] in ("display_data", "execute_result"):
             mime = display_mime(o["data"], fmt)
-            if mime is None or mime.startswith(("text/html", "application/")) and mime != "application/pdf":
+            html_page = mime == "text/html" and fmt.to_html  # raw HTML (an embedded page), HTML output only
+            if mime is None or (mime.startswith(("text/html", "application/")) and mime != "application/pdf"
+                                and not html_page):
                 raise ValueError(f"{stem}: {_cell_name(cell)} displays {mime or sorted(o['data'])}, which "
                                  f"scripts/booktools.py does not model for {fmt.name} (use Markdown or a figure)")
     asis = opts.get("output") == "asis"
@@ -586,6 +588,8 @@ def code_cell_markdown(cell: QCell, fmt: OutputFormat, stem: str, warning: bool 
                     md.append(data + "\n")
                 elif mime == "text/latex":
                     md.append(f"{_ticks(data)}{{=tex}}\n{data}{'' if data.endswith(chr(10)) else chr(10)}{_ticks(data)}\n")
+                elif mime == "text/html":  # Quarto's mdHtmlOutput: a raw HTML block
+                    md.append(f"{_ticks(data)}{{=html}}\n{data}{'' if data.endswith(chr(10)) else chr(10)}{_ticks(data)}\n")
                 else:  # text/plain
                     md.append(_code_output(ANSI.sub("", data)))
                 if caption and not is_image:

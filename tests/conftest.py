@@ -76,3 +76,16 @@ def sandbox_ready() -> None:
     if shutil.which("bwrap") is None and _can_install_system_packages():
         pytest.fail(f"{problem}, but it can be installed here: run `make sysdeps` (make test runs it first)")
     pytest.skip(f"no code sandbox: {problem}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (driven by Playwright): they skip only where it cannot be had."""
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install -e '.[test]'")
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if _can_install_system_packages():
+        pytest.fail("Chromium is not installed, but it can be installed here: run `make sysdeps` (make test runs it first)")
+    pytest.skip("no Chromium for the browser tests: install your system's chromium package")

@@ -104,6 +104,19 @@ def test_markdown_has_quarto_cell_structure(demo):
     assert booktools.check_markdown(latex, "demo", cells) == []
 
 
+def test_html_outputs_are_raw_html_blocks_in_html_only():
+    """A `text/html` display (an embedded page) becomes a raw HTML block in HTML, as Quarto's mdHtmlOutput
+    makes it; the PDF formats show its text/plain form."""
+    cell = booktools.QCell("code", "page", index=1, outputs=[{"output_type": "display_data", "metadata": {}, "data": {
+        "text/html": '<iframe srcdoc="x"></iframe>', "text/plain": "an interactive page"}}])
+    formats = booktools.output_formats()
+    html, _ = booktools.code_cell_markdown(cell, formats["html"], "demo")
+    assert '```{=html}\n<iframe srcdoc="x"></iframe>\n```' in html
+    for name in ("latex", "typst"):
+        markdown, _ = booktools.code_cell_markdown(cell, formats[name], "demo")
+        assert "```\nan interactive page\n```" in markdown and "iframe" not in markdown
+
+
 def test_freezer_has_quartos_layout(demo, root, monkeypatch):
     path, cells = demo
     for name in ("_quarto.yml", "_quarto-latex.yml"):

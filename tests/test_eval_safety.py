@@ -10,7 +10,7 @@ import pytest
 
 from llmbook.data import registry
 from llmbook.eval import safety
-from llmbook.eval.harness import wilson_interval
+from llmbook.data.quality import wilson_interval
 
 
 def test_wilson_interval_known_values():

@@ -9,7 +9,10 @@ from collections import Counter
 
 import pytest
 
-from llmbook.data.sources import load_corpus, mixture, read_hf, read_jsonl, read_parquet, read_text, split_documents
+from llmbook.data import registry
+from llmbook.fileio import file_sha256
+from llmbook.data.sources import (NAMED, document_weights, load_corpus, mixture, read_hf, read_jsonl,
+                                  read_parquet, read_text, split_documents)
 
 TEXT = "First para\nline two\n\n\nSecond para\n\nThird\nstory two starts\n"
 
@@ -103,6 +106,14 @@ def test_hub_corpora_stream_a_sample_through_the_registry(monkeypatch):
         load_corpus("fineweb")
 
 
+def test_wikitext_download_is_the_local_variant(data_dir):
+    """The registry downloads WikiText-2 byte-identical to the local copy: the tokenised variant (wiki.valid.tokens)."""
+    local = registry.fetch(NAMED["wikitext2"][0])
+    assert "<unk>" in local.read_text(encoding="utf-8") and " @-@ " in local.read_text(encoding="utf-8")
+    entry = registry.registry().files[NAMED["wikitext2"][0]]
+    assert entry.sha256 == file_sha256(local)
+
+
 def test_mixture_is_seeded_and_weighted():
     streams = {"a": lambda: ({"text": f"a{i}", "source": "a"} for i in range(10_000)),
                "b": lambda: ({"text": f"b{i}", "source": "b"} for i in range(10_000))}
@@ -117,6 +128,38 @@ def test_mixture_is_seeded_and_weighted():
     assert sum(r["text"] == "a" for r in restarted) > 50  # the small source is up-sampled
     with pytest.raises(ValueError, match="weights"):
         list(mixture(small, {"a": 1}))
+
+
+def test_document_weights_hit_token_shares():
+    # hand-worked: equal token shares, documents of 100 and 10 tokens -> draw b ten times as often as a
+    assert document_weights({"a": 0.5, "b": 0.5}, {"a": 100, "b": 10}) == pytest.approx({"a": 1 / 11, "b": 10 / 11})
+    # shares need not sum to one; equal lengths leave the shares as they are
+    assert document_weights({"a": 3, "b": 1}, {"a": 7, "b": 7}) == pytest.approx({"a": 0.75, "b": 0.25})
+    # the mixture drawn with these weights gives each source its share of the tokens (seeded, 20,000 draws)
+    lengths = {"a": 200, "b": 20, "c": 5}
+    streams = {n: (lambda n=n: ({"text": "x " * lengths[n], "source": n} for _ in iter(int, 1))) for n in lengths}
+    shares = {"a": 0.5, "b": 0.3, "c": 0.2}
+    drawn = list(mixture(streams, document_weights(shares, lengths), seed=0, max_docs=20_000))
+    tokens = Counter()
+    for r in drawn:
+        tokens[r["source"]] += len(r["text"].split())
+    total = sum(tokens.values())
+    assert {n: tokens[n] / total for n in shares} == pytest.approx(shares, abs=0.02)
+    # per-document weights equal to the shares would instead give "a" far more than its share
+    naive = Counter()
+    for r in mixture(streams, shares, seed=0, max_docs=20_000):
+        naive[r["source"]] += len(r["text"].split())
+    assert naive["a"] / sum(naive.values()) > 0.8
+
+
+@pytest.mark.parametrize("shares, lengths, match", [
+    ({"a": 1}, {"b": 1}, "name"),
+    ({"a": -1, "b": 2}, {"a": 1, "b": 1}, "non-negative"),
+    ({"a": 1, "b": 1}, {"a": 0, "b": 1}, "positive"),
+])
+def test_document_weights_rejects_bad_input(shares, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        document_weights(shares, lengths)
 
 
 def test_hf_datasets_streams_local_files(tmp_path):

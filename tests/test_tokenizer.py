@@ -241,3 +241,23 @@ def test_merges_that_rebuild_an_existing_token_reuse_its_id(tmp_path):
     for text in ("xabc", "abc xabc", "zabcx", "xxabcabc"):
         assert hf.encode(text).ids == tok.encode(text)
         assert tok.decode(tok.encode(text)) == text
+
+
+def test_gpt4_pattern_splits_as_tiktokens_cl100k(monkeypatch):
+    """PATTERNS["gpt4"] is GPT-4's cl100k_base pre-tokenisation: it splits text as tiktoken's pattern does. Current
+    tiktoken releases add one alternative that keeps whitespace at the very end of a text in one chunk, so the
+    texts compared here end in a non-space character."""
+    import random
+
+    import regex
+
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public", reason="tiktoken is in the test extra")
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})  # the pattern, no download
+    cl100k = regex.compile(openai_public.cl100k_base()["pat_str"])
+    rng = random.Random(0)
+    pieces = [" ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u2003", "a", "Zoë", "1", "2345", "'s", "'S", "'ll", "!",
+              "...", "—", "東京", "🙂", "-", "'"]
+    texts = [SMALL.rstrip()] + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) + "x" for _ in range(5000)]
+    for text in texts:
+        assert pretokenize(text, "gpt4") == cl100k.findall(text), repr(text)
+    assert pretokenize("In 12345", "gpt4") == ["In", " ", "123", "45"] != pretokenize("In 12345", "gpt2")

@@ -101,6 +101,7 @@ def test_fsdp2_matches_single_process_and_resumes_at_world_size_1(setup, tmp_pat
         ckpt.consolidate(step3, GPT(load_config(cfg).model_config()), run / "x.safetensors")
     from llmbook.cli import main
     assert main(["export", "--checkpoint", str(step3), "--out", str(tmp_path / "hf")]) == 2
+    assert main(["explore", "--checkpoint", str(step3), "--out", str(tmp_path / "explorer.html")]) == 2
     ckpt.consolidate(step3, GPT(load_config(cfg).model_config()), run / "x.safetensors", trust_sharded=True)
 
     # world size 2 -> 1: drop the final checkpoint, resume the step-3 one in a 1-process FSDP2 group

@@ -1,1 +1,2 @@
-"""Data curation: sources, cleaning and quality filters, deduplication, PII redaction and packing (@sec-data)."""
+"""Data curation: sources and mixtures, cleaning, heuristic and model-based quality filters, deduplication, PII
+redaction and packing (@sec-data)."""

@@ -322,6 +322,25 @@ def mixture(
         yield rec
 
 
+def document_weights(token_shares: Mapping[str, float], mean_tokens: Mapping[str, float]) -> dict[str, float]:
+    """Per-document sampling weights for `mixture` that give each source the target share of *tokens* (@sec-data-sources).
+
+    `mixture` draws documents, and a draw from a source whose documents are k times longer brings k times more
+    tokens, so the document weight of source i is proportional to share_i / mean_tokens_i (then normalised).
+    Any length unit works (tokens, bytes, words) as long as it is the same for every source.
+    """
+    if set(token_shares) != set(mean_tokens):
+        raise ValueError(f"token_shares name {sorted(token_shares)} but mean_tokens names {sorted(mean_tokens)}")
+    if any(s < 0 for s in token_shares.values()) or sum(token_shares.values()) <= 0:
+        raise ValueError(f"token shares must be non-negative with a positive sum, got {dict(token_shares)}")
+    bad = {n: m for n, m in mean_tokens.items() if not m > 0}
+    if bad:
+        raise ValueError(f"mean document lengths must be positive, got {bad}")
+    raw = {n: token_shares[n] / mean_tokens[n] for n in token_shares}
+    total = sum(raw.values())
+    return {n: w / total for n, w in raw.items()}
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmbook.eval.harness import MetricValue, summarize, wilson_interval
+from llmbook.data.quality import wilson_interval
+from llmbook.eval.harness import MetricValue, summarize
 from llmbook.eval.models import CausalLM
 
 # WinoBias's occupations (Zhao et al. 2018, Table 1): majority-male and majority-female in US labour statistics.

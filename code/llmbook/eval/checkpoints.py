@@ -145,6 +145,20 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     return out
 
 
+# The book's own model: the `cpu-tiny` preset shortened as @sec-evaluation-checkpoints trains it, so every
+# chapter that looks at "the book's model" reuses that one cached run.
+BOOK_RUN = ("cpu-tiny", ("train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
+                         "checkpoint.keep=8"))
+
+
+def book_run(log: Callable[[str], None] = lambda msg: None) -> Path:
+    """The run directory of the book's model (`BOOK_RUN`), trained once by `cached_run` and reused afterwards."""
+    from llmbook.train import load_config
+
+    preset, overrides = BOOK_RUN
+    return cached_run(load_config(preset, list(overrides)), log=log)
+
+
 def held_out_documents(data_cfg) -> list[str]:
     """The documents that `llmbook.train.data.prepare` put in the validation split, as text (for bits per byte)."""
     from llmbook.data.pack import is_val_document

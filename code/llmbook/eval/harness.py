@@ -48,20 +48,6 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], floa
     return float(lo), float(hi)
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion successes / n (95% by default) [@wilson1927probable].
-
-    Unlike the normal approximation p +- z sqrt(p(1-p)/n), it stays inside [0, 1] and does not collapse to a
-    point at 0 or n successes, which matters for the small counts of safety and memorisation tests.
-    """
-    if n < 1 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def summarize(values: Sequence[float], iters: int = 1000, seed: int = 0) -> MetricValue:
     """Mean of per-item scores with stderr and a 95% bootstrap interval."""
     lo, hi = bootstrap_ci(values, iters=iters, seed=seed)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmbook.eval.harness import MetricValue, summarize, wilson_interval
+from llmbook.data.quality import wilson_interval
+from llmbook.eval.harness import MetricValue, summarize
 from llmbook.eval.models import CausalLM
 
 

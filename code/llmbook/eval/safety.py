@@ -1,7 +1,7 @@
 """Safety measurements with their limits stated: refusal rates, an input/output moderation filter with
 precision and recall, and the labelled data they are measured on (@sec-applications-safety).
 
-Every rate comes with a Wilson interval. A keyword rule is transparent and cheap and easy to fool; a learned
+Every rate comes with a Wilson interval (`llmbook.data.quality.wilson_interval`). A keyword rule is transparent and cheap and easy to fool; a learned
 filter is only as good as its labels. Here the labels come from where a text was collected (HH-RLHF red-team
 conversations vs Alpaca instructions), not from a judgement of each text: see `moderation_dataset`.
 """
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmbook.eval.harness import wilson_interval
+from llmbook.data import quality
+from llmbook.data.quality import wilson_interval
 from llmbook.eval.ratings import load_hh_rlhf
 
 # Phrases with which assistants decline; matched at word boundaries, case-insensitively, in the first 300 characters.
@@ -71,6 +72,8 @@ class Rate:
 
 def rate(flags: Sequence[bool]) -> Rate:
     """The share of True in `flags` with a Wilson interval."""
+    if not len(flags):
+        raise ValueError("no outcomes to take a rate of")
     k, n = int(sum(bool(f) for f in flags)), len(flags)
     return Rate(k, n, *wilson_interval(k, n))
 
@@ -200,16 +203,15 @@ class BagOfWordsClassifier(nn.Module):
 
 
 def precision_recall(flags: Sequence[bool], labels: Sequence[int]) -> dict[str, Rate]:
-    """Precision (flagged texts that are labelled 1) and recall (texts labelled 1 that are flagged)."""
-    f, y = np.asarray(flags, dtype=bool), np.asarray(labels, dtype=bool)
-    tp, fp, fn = int((f & y).sum()), int((f & ~y).sum()), int((~f & y).sum())
+    """Precision (flagged texts that are labelled 1), recall (texts labelled 1 that are flagged) and the
+    false-positive rate (texts labelled 0 that are flagged), each with its Wilson interval; counts from
+    `llmbook.data.quality.precision_recall`. A rate whose denominator is zero is left out."""
+    c = quality.precision_recall(np.asarray(labels, dtype=int), np.asarray(flags, dtype=bool).astype(int))
     out = {}
-    if tp + fp:
-        out["precision"] = Rate(tp, tp + fp, *wilson_interval(tp, tp + fp))
-    if tp + fn:
-        out["recall"] = Rate(tp, tp + fn, *wilson_interval(tp, tp + fn))
-    if (~y).sum():
-        out["false_positive_rate"] = Rate(fp, int((~y).sum()), *wilson_interval(fp, int((~y).sum())))
+    for name, k, n in (("precision", c.tp, c.tp + c.fp), ("recall", c.tp, c.tp + c.fn),
+                       ("false_positive_rate", c.fp, c.fp + c.tn)):
+        if n:
+            out[name] = Rate(k, n, *wilson_interval(k, n))
     return out
 
 

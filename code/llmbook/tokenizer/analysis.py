@@ -1,4 +1,5 @@
-"""Tokenizer analysis: compression (bytes per token), token-length histogram and fertility (@sec-data-bpe-analysis)."""
+"""Tokenizer analysis: compression (bytes or characters per token), fertility, unknown tokens, vocabulary overlap
+and token lengths (@sec-data-bpe-analysis, @sec-data-tokenizers)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,38 @@ def bytes_per_token(tok: Encoder | Callable[[str], list[int]], texts: Iterable[s
     if n_tokens == 0:
         raise ValueError("no tokens: texts are empty")
     return n_bytes / n_tokens
+
+
+def chars_per_token(tok: Encoder | Callable[[str], list[int]], texts: Iterable[str]) -> float:
+    """Unicode characters per token: compression measured in the text's own units, fair across scripts whose
+    characters take one (Latin) or three (CJK) UTF-8 bytes."""
+    n_chars = n_tokens = 0
+    for text in texts:
+        n_chars += len(text)
+        n_tokens += len(_ids(tok, text))
+    if n_tokens == 0:
+        raise ValueError("no tokens: texts are empty")
+    return n_chars / n_tokens
+
+
+def unknown_rate(tok: Encoder | Callable[[str], list[int]], texts: Iterable[str], unk_id: int | None) -> float:
+    """Share of the tokens that are the unknown token `unk_id` (0 for a tokenizer without one, such as
+    byte-level BPE): the text those tokens stood for is lost to the model."""
+    n_unk = n_tokens = 0
+    for text in texts:
+        ids = _ids(tok, text)
+        n_tokens += len(ids)
+        n_unk += 0 if unk_id is None else ids.count(unk_id)
+    if n_tokens == 0:
+        raise ValueError("no tokens: texts are empty")
+    return n_unk / n_tokens
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    """Jaccard similarity |A & B| / |A | B| of two vocabularies (sets of strings); 1.0 for two empty sets."""
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
 
 
 def compression_curve(bpe, texts: Sequence[str], vocab_sizes: Sequence[int]) -> list[dict[str, float]]:
