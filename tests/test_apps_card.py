@@ -70,3 +70,10 @@ def test_cli_card_bad_eval_files(run, tmp_path, capsys, content, expected):
 def test_cli_card_missing_checkpoint(tmp_path, capsys):
     assert main(["card", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "c.md")]) == 2
     assert "no valid checkpoint" in capsys.readouterr().err
+
+
+def test_cli_card_out_that_is_a_folder(run, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["card", "--checkpoint", str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(tmp_path) in err and "\n" not in err and (tmp_path / "notes.txt").read_text() == "mine"

@@ -232,3 +232,19 @@ def test_hostile_index_files_fail_with_one_line(folder, tmp_path, capsys):
     assert "outside" in run_error(capsys, *ask, hostile(tmp_path, header, bytes(bad)))
     no_meta = {k: v for k, v in header.items() if k != "__metadata__"}
     assert "format" in run_error(capsys, *ask, hostile(tmp_path, no_meta, data))
+
+
+def test_index_out_that_is_a_folder_or_on_a_full_disk(folder, tmp_path, capsys):
+    from cli_fixtures import assert_one_line_error, run_llmbook
+
+    target = tmp_path / "existing"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    err = run_error(capsys, "rag", "index", "--input", str(folder), "--out", str(target))
+    assert str(target) in err and (target / "keep.txt").read_text() == "mine"
+    idx = tmp_path / "book.idx"
+    assert main(["rag", "index", "--input", str(folder), "--out", str(idx)]) == 0
+    before = idx.read_bytes()
+    done = run_llmbook("rag", "index", "--input", folder, "--out", idx, "--by", "paragraph", fsize=1024)
+    assert_one_line_error(done.returncode, done.stderr, "rag", "File too large")
+    assert idx.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["book.idx", "docs", "existing"]
