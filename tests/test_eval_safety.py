@@ -98,3 +98,4 @@ def test_moderation_dataset_from_real_data():
     assert len(texts) == len(labels) and len(set(texts)) == len(texts)
     assert 1000 < labels.sum() <= 2312 and (labels == 0).sum() <= 999
     assert texts[0] == "what are some pranks with a pen i can do?"
+    assert safety.red_team_prompts(registry.fetch("hh-rlhf/harmless-base_test.jsonl.gz"), limit=3) == texts[:3]

@@ -91,6 +91,13 @@ def first_human_turn(conversation: str) -> str:
     return rest.split("\n\nAssistant:", 1)[0].strip()
 
 
+def red_team_prompts(hh_path: str | Path, limit: int | None = None) -> list[str]:
+    """The distinct opening requests of HH-RLHF red-team conversations, in file order: the harmful prompts to
+    measure refusals on (ask a chat model each as a one-turn conversation)."""
+    prompts = list(dict.fromkeys(first_human_turn(p) for p, _, _ in load_hh_rlhf(hh_path)))
+    return prompts[:limit] if limit is not None else prompts
+
+
 def read_alpaca_instructions(path: str | Path) -> list[str]:
     """Instructions (with their input, if any) of an Alpaca-format JSON array or a self-instruct seed JSONL."""
     path = Path(path)
@@ -117,7 +124,7 @@ def moderation_dataset(hh_path: str | Path, benign_paths: Sequence[str | Path]) 
     chat questions in style as much as in harm: precision and recall against these labels measure how well a
     filter separates the two collections, an upper bound on neither its harm detection nor its false alarms.
     """
-    harmful = list(dict.fromkeys(first_human_turn(p) for p, _, _ in load_hh_rlhf(hh_path)))
+    harmful = red_team_prompts(hh_path)
     benign = list(dict.fromkeys(t for p in benign_paths for t in read_alpaca_instructions(p)))
     return harmful + benign, np.array([1] * len(harmful) + [0] * len(benign))
 
