@@ -79,6 +79,8 @@ def test_extractive_answer_quotes_and_cites_the_best_sentence():
     assert rag.sentences('He said "Go." Then he left! Why? 3 cats.') == ['He said "Go."', "Then he left!", "Why?", "3 cats."]
     assert rag.sentences("A wrapped\nsentence.\n\n## A heading\n\nNext one.") == [
         "A wrapped sentence.", "## A heading", "Next one."]
+    assert rag.sentences("Points:\n- first\n  item\n- second\n1. third") == ["Points:", "- first item", "- second",
+                                                                             "1. third"]
 
 
 @pytest.mark.parametrize("text,flag", [

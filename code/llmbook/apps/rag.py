@@ -139,13 +139,14 @@ def grounding(answer: str, passages: Sequence[Passage]) -> Grounding:
 
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_MARKUP_LINE = re.compile(r"\n(?=[ \t]*(?:[-*+] |\d+\. |:::|#))")  # list items, fenced divs, headings
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of a passage: paragraphs (and Markdown headings) apart, then cut after . ! or ? (and closing
-    quotes) before a capital, digit or quote."""
+    """Sentences of a passage: paragraphs, Markdown list items, headings and fenced divs apart, then cut after
+    . ! or ? (and closing quotes) before a capital, digit or quote."""
     out = []
-    for block in _BLANK_LINE.split(text):
+    for block in (b for para in _BLANK_LINE.split(text) for b in _MARKUP_LINE.split(para)):
         block = " ".join(block.split())
         cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(block)), len(block)]
         out.extend(block[a:b].strip() for a, b in zip(cuts, cuts[1:]) if block[a:b].strip())
