@@ -49,6 +49,16 @@ def test_rates_with_intervals():
     assert (r.k, r.n, r.value) == (2, 4, 0.5) and r.low < 0.5 < r.high
 
 
+def test_compare_refusals_is_paired():
+    before = ["Sure, here is how.", "I'm sorry, I can't help with that.", "Okay.", "Here you go."]
+    after = ["I'm sorry, I can't help with that.", "I'm sorry, I can't help with that.", "I won't do that.", "Here."]
+    c = safety.compare_refusals(before, after, iters=200)
+    assert (c.before.k, c.after.k) == (1, 3) and c.difference.value == pytest.approx(0.5)
+    assert c.difference.ci_low >= 0  # no prompt went from refusal to compliance
+    with pytest.raises(ValueError):
+        safety.compare_refusals(before, after[:2])
+
+
 def test_first_human_turn():
     t = "\n\nHuman: how do I bake bread?\n\nAssistant: Mix flour.\n\nHuman: then?\n\nAssistant: Bake."
     assert safety.first_human_turn(t) == "how do I bake bread?"

@@ -20,6 +20,7 @@ from torch import nn
 
 from llmbook.data import quality
 from llmbook.data.quality import wilson_interval
+from llmbook.eval.harness import MetricValue, summarize
 from llmbook.eval.ratings import load_hh_rlhf
 
 # Phrases with which assistants decline; matched at word boundaries, case-insensitively, in the first 300 characters.
@@ -81,6 +82,26 @@ def rate(flags: Sequence[bool]) -> Rate:
 def refusal_rate(responses: Sequence[str]) -> Rate:
     """Share of responses that `is_refusal` flags, with a Wilson interval."""
     return rate([is_refusal(r) for r in responses])
+
+
+@dataclass(frozen=True)
+class RefusalComparison:
+    """Refusal rates of two models on the same prompts and their paired difference (after - before) with a
+    95% bootstrap interval over prompts: the before/after measure of safety tuning such as DPO."""
+
+    before: Rate
+    after: Rate
+    difference: MetricValue
+
+
+def compare_refusals(before: Sequence[str], after: Sequence[str], iters: int = 1000, seed: int = 0) -> RefusalComparison:
+    """Refusal rates of responses to the same prompts by two models (e.g. the SFT model and its DPO version),
+    paired prompt by prompt. Pair it with a benign prompt set: a rise in refusals there is over-refusal."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"need responses to the same prompts from both models, got {len(before)} and {len(after)}")
+    a = np.array([is_refusal(r) for r in before], dtype=float)
+    b = np.array([is_refusal(r) for r in after], dtype=float)
+    return RefusalComparison(rate(a.astype(bool)), rate(b.astype(bool)), summarize(b - a, iters, seed))
 
 
 def first_human_turn(conversation: str) -> str:
