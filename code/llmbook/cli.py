@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "generate": "llmbook.train.generate",
     "export": "llmbook.train.export",
     "eval": "llmbook.eval.cli",
+    "finetune": "llmbook.finetune.cli",
+    "chat": "llmbook.finetune.interactive",
 }
 
 

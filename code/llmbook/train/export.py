@@ -10,13 +10,17 @@ from llmbook.train.generate import add_trust_flag, load_model
 
 
 def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
-    """Write `config.json`, `model.safetensors` and the tokenizer, loadable by `AutoModelForCausalLM`."""
+    """Write `config.json`, `model.safetensors` and the tokenizer (with the chat template of a fine-tuned
+    checkpoint, @sec-finetune-chat), loadable by `AutoModelForCausalLM` and `AutoTokenizer`."""
     from transformers import PreTrainedTokenizerFast
 
     from llmbook.model import to_hf
 
     model, tokenizer, meta = load_model(checkpoint, trust_sharded=trust_sharded)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None)
+    template = meta.path / "chat_template.jinja"
+    if template.is_file():
+        hf_tok.chat_template = template.read_text(encoding="utf-8")
     to_hf(model, out_dir, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
 
