@@ -2,9 +2,9 @@
 
 1. Forward + backward time of one LoRA layer (`llmbook.finetune.lora.LoRALinear`) vs PEFT's `lora.Linear` on the same
    shapes, weights and inputs (median of interleaved repeats); the ratio is PEFT's time over ours (target >= 1.0).
-2. Peak training memory of full fine-tuning vs LoRA vs QLoRA for the same model: the tensors one AdamW step
-   allocates (`llmbook.finetune.memory`), and each mode's peak resident memory measured in its own fresh process
-   (on a GPU: the allocator's peak).
+2. Peak training memory of full fine-tuning vs LoRA vs QLoRA for the same model and a small batch: the tensors one
+   AdamW step allocates (`llmbook.finetune.memory`), and each mode's resident memory before and at the peak of one
+   step, measured in its own fresh process (on a GPU: the allocator's peak).
 3. NF4 quantize and dequantize throughput (million weights per second) of `llmbook.finetune.nf4` vs bitsandbytes'
    CPU kernels, where bitsandbytes runs.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # peft imports bitsandbytes, whose CPU backend may look for hub kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 
@@ -58,14 +59,17 @@ def interleaved(fns: dict, repeats: int, rounds: int = 5) -> dict[str, float]:
 
 def lora_layer(tokens: int, d_in: int, d_out: int, r: int, repeats: int, device: str) -> dict:
     """Forward + backward of our LoRA layer and PEFT's on the same base weights, adapters and input."""
-    from peft.tuners.lora import Linear as PeftLinear
+    import copy
+
+    from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     base = torch.nn.Linear(d_in, d_out).to(device)
     ours = LoRALinear(base, r=r, alpha=2 * r).to(device)
-    theirs = PeftLinear(torch.nn.Linear(d_in, d_out).to(device), "default", r=r, lora_alpha=2 * r)
+    wrapped = get_peft_model(torch.nn.Sequential(copy.deepcopy(base)), LoraConfig(r=r, lora_alpha=2 * r,
+                                                                                  target_modules=["0"]))
+    theirs = wrapped.base_model.model[0]  # PEFT's lora.Linear around the same base weights
     with torch.no_grad():
-        theirs.base_layer.load_state_dict(base.state_dict())
         ours.lora_B.normal_(std=0.02)
         theirs.lora_A["default"].weight.copy_(ours.lora_A)
         theirs.lora_B["default"].weight.copy_(ours.lora_B)
@@ -97,22 +101,45 @@ def build(mode: str) -> GPT:
     return model
 
 
-def batch(device: str, n: int = 8):
+def batch(device: str, n: int = 2, t: int = 128):
+    """A small batch, the usual regime of fine-tuning a large model on one device (with gradient accumulation)."""
     gen = torch.Generator().manual_seed(1)
-    data = torch.randint(0, MODEL["vocab_size"], (n, MODEL["block_size"] + 1), generator=gen)
+    data = torch.randint(0, MODEL["vocab_size"], (n, t + 1), generator=gen)
     return data[:, :-1].to(device), data[:, 1:].to(device)
 
 
-def peak_rss_child(mode: str, device: str) -> float:
-    """Peak resident memory (MiB) of a fresh process that builds the model and runs one training step."""
-    code = ("import resource, torch, sys; sys.path.insert(0, 'bench'); import finetune as f; "
-            f"m = f.build({mode!r}).to({device!r}); x, y = f.batch({device!r}); "
-            "opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]); "
-            "l = m(x, y)[1]; l.backward(); opt.step(); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+def peak_rss_child(mode: str, device: str) -> dict[str, float]:
+    """Resident memory (MiB) of a fresh process that builds the model, then runs one training step: before the step,
+    and the peak during it (Linux: the high-water mark is reset through /proc/self/clear_refs after building)."""
+    code = """
+import gc, resource, sys, torch
+sys.path.insert(0, 'bench')
+import finetune as f
+m = f.build(MODE).to(DEVICE)
+x, y = f.batch(DEVICE)
+opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad])
+gc.collect()
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+try:
+    open('/proc/self/clear_refs', 'w').write('5')
+    before = status('VmRSS:')
+except OSError:
+    before = float('nan')
+loss = m(x, y)[1]
+loss.backward()
+opt.step()
+peak = status('VmHWM:') if before == before else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(before, peak)
+""".replace("MODE", repr(mode)).replace("DEVICE", repr(device))
+    # large blocks come from mmap and go back to the system when freed, so resident memory tracks live tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    return float(out.stdout.strip().splitlines()[-1])
+                         cwd=Path(__file__).resolve().parents[1], env=env)
+    before, peak = map(float, out.stdout.strip().splitlines()[-1].split())
+    return {"rss_before_step_mib": before, "peak_rss_step_mib": peak}
 
 
 def memory(device: str) -> dict:
@@ -122,7 +149,7 @@ def memory(device: str) -> dict:
         model = build(mode).to(device)
         out[mode] = measure_training_memory(model, x, y).to_dict()
         if device == "cpu":
-            out[mode]["peak_rss_mib"] = peak_rss_child(mode, device)
+            out[mode].update(peak_rss_child(mode, device))
     out["lora_vs_full_total"] = out["lora"]["total"] / out["full"]["total"]
     out["qlora_vs_full_total"] = out["qlora"]["total"] / out["full"]["total"]
     return out
@@ -134,7 +161,6 @@ def nf4_throughput(shape: tuple[int, int], repeats: int) -> dict:
     n = w.numel() / 1e6
     weight = NF4Weight(w)
     fns = {"ours_quantize": lambda: NF4Weight(w), "ours_dequantize": lambda: weight.dequantize()}
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import bitsandbytes.functional as F
 

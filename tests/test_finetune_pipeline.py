@@ -253,3 +253,42 @@ def test_export_of_a_lora_run_chats_with_transformers(files, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(torch.tensor([ids])).logits, loaded.model(torch.tensor([ids]))[0],
                                    atol=1e-5, rtol=0)
+
+
+def test_chat_model_grows_the_vocabulary_without_changing_old_logits(files):
+    from llmbook.finetune.base import chat_model, load_base
+
+    model, tokenizer = load_base(BaseConfig(run=str(files / "base")))
+    chat, chat_tok, ids = chat_model(model, tokenizer, seed=1)
+    assert ids == list(range(VOCAB, VOCAB + 4)) and chat.config.vocab_size == VOCAB + 4
+    assert model.config.vocab_size == VOCAB and tokenizer.get_vocab_size() == VOCAB  # inputs untouched
+    x = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(chat(x)[0][..., :VOCAB], model(x)[0])
+    rows = chat.wte.weight[VOCAB:]
+    assert torch.cdist(rows, rows).fill_diagonal_(1).min() > 0  # the new tokens differ from each other
+    assert (rows.mean(0) - model.wte.weight.mean(0)).norm() < model.wte.weight.std(0).norm()
+
+
+def test_sft_from_a_transformers_model(files, tmp_path):
+    """`[base] hf_model`: a transformers GPT-2 (here tiny and local) is loaded with from_hf and fine-tuned alike."""
+    from llmbook.eval.tiny import tiny_hf_model, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([f"{i.prompt} {i.answer}" for i in synthetic.generate(200, seed=4)], 300)
+    tiny_hf_model("gpt2", vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2).save_pretrained(
+        tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    cfg = FinetuneConfig.from_dict(tiny_config(files, base={"run": "", "hf_model": str(tmp_path / "hf")},
+                                               sft={"steps": 2, "eval_every": 0}))
+    loaded = load_finetuned(run_sft(cfg, tmp_path / "sft", log=lambda m: None))
+    assert loaded.model.config.vocab_size == len(tok) + len(CHAT_TOKENS) and loaded.step == 2
+    assert loaded.tokenizer.token_to_id("<|assistant|>") == len(tok) + 2
+
+
+def test_cli_chat_streams_answers_from_stdin(sft_run, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\nSay <|assistant|> twice.\n/exit\nnever read\n"))
+    assert main(["chat", "--checkpoint", str(sft_run), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 2  # one answer per line, nothing after /exit
+    with pytest.raises(SystemExit):
+        main(["chat"])  # --checkpoint is required: argparse's usage error

@@ -72,11 +72,13 @@ def resize_vocab(model: GPT, vocab_size: int, seed: int = 0) -> GPT:
 
 
 def chat_model(model: GPT, tokenizer: Any, seed: int = 0) -> tuple[GPT, Any, list[int]]:
-    """Add the chat tokens to the tokenizer and the model's vocabulary; returns the new ids too (@sec-finetune-chat)."""
+    """Copies of the model and tokenizer with the chat tokens added to the vocabulary, and the tokens' ids
+    (@sec-finetune-chat)."""
     tokenizer = add_chat_tokens(tokenizer)
     ids = [special_tokens(tokenizer)[t] for t in CHAT_TOKENS]
     vocab = max(model.config.vocab_size, max(ids) + 1)
-    return (resize_vocab(model, vocab, seed) if vocab > model.config.vocab_size else model), tokenizer, ids
+    model = resize_vocab(model, vocab, seed) if vocab > model.config.vocab_size else copy.deepcopy(model)
+    return model, tokenizer, ids
 
 
 def model_dict(model: GPT, lora: LoRAConfig | None = None) -> dict[str, Any]:
@@ -112,9 +114,14 @@ def load_finetuned(path: str | Path, device: str = "cpu", merge: bool = False) -
     info = ckpt.info(path)
     cfg = RunConfig.from_dict(info.config, source=str(info.path / "config.json")).model_config()
     lora = cfg.extra.get("lora")
-    model = GPT(cfg)
-    if lora:
-        apply_lora(model, LoRAConfig(**lora))
+    try:
+        lora = LoRAConfig(**lora) if lora else None
+    except TypeError as err:
+        raise ValueError(f"{info.path / 'config.json'}: field 'model.extra.lora': {err}") from None
+    with torch.random.fork_rng(devices=[]):  # building the model draws weights: leave the caller's generator alone
+        model = GPT(cfg)
+        if lora:
+            apply_lora(model, lora)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         ckpt.load_checkpoint(info.path, model, None, sharded=False)
@@ -138,7 +145,7 @@ def load_with_adapter(base: BaseConfig, adapter_dir: str | Path, device: str = "
     from llmbook.finetune.lora import read_adapter_config
 
     model, tokenizer = load_base(base, device, log)
-    model, tokenizer, ids = chat_model(model, tokenizer)
+    model, tokenizer, _ = chat_model(model, tokenizer)
     cfg, _ = read_adapter_config(adapter_dir)
     load_adapter(model, adapter_dir, base_fingerprint(model, skip_tokens=cfg.train_tokens))
     if merge:

@@ -85,10 +85,11 @@ def add_parser(subparsers) -> None:
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for stage, help_text in STAGE_HELP.items():
         p = stages.add_parser(stage, help=help_text)
-        p.add_argument("--config", required=True, help="TOML preset: a path or a name in configs/ (e.g. finetune-cpu-tiny)")
+        p.add_argument("--config", required=True,
+                       help="TOML preset: a path or a name in configs/ (e.g. finetune-cpu-tiny)")
         p.add_argument("--out", required=True, help="run directory: metrics.jsonl and checkpoints/ go here")
-        p.add_argument("--init", help="the fine-tuned (SFT) run to start from" + (" (required)" if stage != "sft" else
-                                                                                    " (unused: SFT starts from [base])"))
+        needed = " (required)" if stage != "sft" else " (unused: SFT starts from [base])"
+        p.add_argument("--init", help="the fine-tuned (SFT) run to start from" + needed)
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
         for section, klass in SECTIONS.items():
             group = p.add_argument_group(f"[{section}] overrides")

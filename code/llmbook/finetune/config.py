@@ -80,7 +80,8 @@ class DataSettings:
                non_negative=("n_synthetic", "n_test", "n_instructions"))
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"[data] families {unknown or self.families} must be a non-empty subset of {sorted(FAMILIES)}")
+            raise ValueError(f"[data] families {unknown or self.families} must be a non-empty subset of "
+                             f"{sorted(FAMILIES)}")
         if not 0 < self.held_out_fraction < 1:
             raise ValueError(f"[data] held_out_fraction must be in (0, 1), got {self.held_out_fraction!r}")
 
@@ -169,14 +170,15 @@ class GRPOConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check("grpo", self, positive=("group_size", "iterations", "clip", "temperature", "max_new_tokens", "n_prompts"),
-               non_negative=("kl",))
+        _check("grpo", self, non_negative=("kl",),
+               positive=("group_size", "iterations", "clip", "temperature", "max_new_tokens", "n_prompts"))
         if self.group_size < 2:
             raise ValueError(f"[grpo] group_size must be at least 2 (advantages are relative to the group), "
                              f"got {self.group_size}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"[grpo] families {unknown or self.families} must be a non-empty subset of {sorted(FAMILIES)}")
+            raise ValueError(f"[grpo] families {unknown or self.families} must be a non-empty subset of "
+                             f"{sorted(FAMILIES)}")
 
 
 SECTIONS = {"base": BaseConfig, "run": RunSettings, "data": DataSettings, "lora": LoRAConfig, "sft": SFTConfig,

@@ -82,8 +82,9 @@ def load_alpaca(path: str | Path) -> list[Chat]:
             for j, inst in enumerate(instances):
                 if not isinstance(inst, dict):
                     raise ValueError(f"{path}: {where}: field 'instances[{j}]' must be an object")
-                chats.append(alpaca_chat(instruction, _text_field(path, f"{where} instances[{j}]", inst, "input", False),
-                                         _text_field(path, f"{where} instances[{j}]", inst, "output")))
+                at = f"{where} instances[{j}]"
+                chats.append(alpaca_chat(instruction, _text_field(path, at, inst, "input", False),
+                                         _text_field(path, at, inst, "output")))
         else:
             chats.append(alpaca_chat(instruction, _text_field(path, where, record, "input", False),
                                      _text_field(path, where, record, "output")))

@@ -34,7 +34,8 @@ def complete(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens:
         idx, mask = left_pad(chunk, pad_id)
         room = model.config.block_size - idx.shape[1] if model.config.pos_emb == "learned" else max_new_tokens
         if room <= 0:
-            raise ValueError(f"a prompt of {idx.shape[1]} tokens leaves no room in a context of {model.config.block_size}")
+            raise ValueError(f"a prompt of {idx.shape[1]} tokens leaves no room in a context of "
+                             f"{model.config.block_size}")
         tokens = model.generate(idx.to(device), min(max_new_tokens, room), temperature=temperature,
                                 stop=list(stop_ids), generator=generator, attention_mask=mask.to(device))
         for row in tokens[:, idx.shape[1]:].tolist():
@@ -67,9 +68,10 @@ def chat_answers(model: nn.Module, tokenizer: Any, fmt: ChatFormat, conversation
 
 
 def plain_completions(model: nn.Module, tokenizer: Any, texts: Sequence[str], eos_id: int, max_new_tokens: int = 32,
-                      stop: str = "\n\n") -> list[str]:
-    """A base model's greedy continuations of plain-text prompts (no chat tokens), cut at `stop` or end of text."""
-    prompts = [encode_text(tokenizer, t) for t in texts]
+                      stop: str = "\n\n", max_prompt: int | None = None) -> list[str]:
+    """A base model's greedy continuations of plain-text prompts (no chat tokens), cut at `stop` or end of text;
+    prompts keep their last `max_prompt` tokens."""
+    prompts = [encode_text(tokenizer, t)[-max_prompt if max_prompt else 0:] for t in texts]
     ids = complete(model, prompts, max_new_tokens, [eos_id], pad_id=eos_id)
     return [decode(tokenizer, a, [eos_id]).split(stop)[0].strip() for a in ids]
 

@@ -83,10 +83,10 @@ class LoRALinear(nn.Module):
         if quantize == "nf4":
             self.weight = None
             self.nf4 = NF4Weight(base.weight.detach(), blocksize)
-        else:
-            self.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+        else:  # the base layer's own tensors, frozen: injecting adapters into a large model copies nothing
+            self.weight = base.weight.requires_grad_(False)
             self.nf4 = None
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
         device = base.weight.device
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device))

@@ -37,6 +37,8 @@ def nf4_codebook(offset: float = NF4_OFFSET) -> Tensor:
 
 NF4_CODE = nf4_codebook()
 _MIDPOINTS = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2
+# byte -> the two levels it packs (high nibble first): dequantizing is one table lookup per byte
+_BYTE_LEVELS = torch.stack([NF4_CODE[torch.arange(256) >> 4], NF4_CODE[torch.arange(256) & 0x0F]], dim=1)
 
 
 def quantize_blocks(x: Tensor, blocksize: int = 64) -> tuple[Tensor, Tensor]:
@@ -116,8 +118,8 @@ class NF4Weight(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The weight in `dtype`: codebook value of each index times its block's scale."""
         n = math.prod(self.shape)
-        values = NF4_CODE.to(self.packed.device)[unpack(self.packed).long()].view(-1, self.blocksize)
-        return (values * self.scales()[:, None]).flatten()[:n].view(self.shape).to(dtype)
+        values = _BYTE_LEVELS.to(self.packed.device).index_select(0, self.packed.int()).view(-1, self.blocksize)
+        return values.mul_(self.scales()[:, None]).flatten()[:n].view(self.shape).to(dtype)
 
     def nbytes(self) -> int:
         """Bytes of storage: 4 bits per weight plus the scales."""

@@ -132,7 +132,8 @@ def run_sft(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, log:
     return out_dir
 
 
-def preference_pairs(cfg: FinetuneConfig, fmt: ChatFormat, tokenizer: Any) -> tuple[list[EncodedPair], list[EncodedPair]]:
+def preference_pairs(cfg: FinetuneConfig, fmt: ChatFormat, tokenizer: Any
+                     ) -> tuple[list[EncodedPair], list[EncodedPair]]:
     """The HH-RLHF pairs, encoded and split deterministically into (train, held-out) (@sec-finetune-reward).
 
     The shared data hold only the harmless-base *test* split, so both parts come from it: a seeded shuffle holds
@@ -269,15 +270,17 @@ def _complete(run: Path, steps: int) -> bool:
 def cached_stage(stage: str, cfg: FinetuneConfig, init: str | Path | None = None, log: Log = lambda msg: None) -> Path:
     """Run `stage` once for this configuration (and `init`) and return its run directory; later calls reuse it.
 
-    Runs live under `$LLMBOOK_CACHE/finetune/`, named by a hash of the whole configuration and the init path,
-    trained in a temporary folder and renamed into place when complete, as `llmbook.eval.checkpoints.cached_run`.
+    Runs live under `$LLMBOOK_CACHE/finetune/`, named by a hash of the settings the stage reads (`[base]`, `[run]`,
+    `[data]`, `[lora]` and its own table) and the init path, trained in a temporary folder and renamed into place
+    when complete, as `llmbook.eval.checkpoints.cached_run`.
     """
     from llmbook.train.config import DataConfig
     from llmbook.train.data import cache_root
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {sorted(STAGES)}")
-    key = hashlib.sha256(json.dumps([stage, cfg.to_dict(), str(init)], sort_keys=True).encode()).hexdigest()[:12]
+    settings = {k: v for k, v in cfg.to_dict().items() if k in ("base", "run", "data", "lora", stage)}
+    key = hashlib.sha256(json.dumps([stage, settings, str(init)], sort_keys=True).encode()).hexdigest()[:12]
     out = cache_root(DataConfig()) / "finetune" / f"{stage}-{key}"
     steps = getattr(cfg, stage).steps
     if _complete(out, steps):

@@ -83,15 +83,16 @@ def score(model: RewardModel, examples: Sequence[Example], pad_id: int, batch_si
     return out
 
 
-def pairwise_accuracy(model: RewardModel, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 32) -> list[float]:
+def pairwise_accuracy(model: RewardModel, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 32
+                      ) -> list[float]:
     """Per pair: 1 if the model scores the chosen response higher, 0.5 on a tie, else 0 (for an interval)."""
     chosen = score(model, [p.chosen for p in pairs], pad_id, batch_size)
     rejected = score(model, [p.rejected for p in pairs], pad_id, batch_size)
     return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
 
 
-def score_responses(model: RewardModel, fmt, tokenizer, prompts: Sequence[list[dict[str, str]]], responses: Sequence[str],
-                    pad_id: int, max_prompt: int, max_response: int) -> list[float]:
+def score_responses(model: RewardModel, fmt, tokenizer, prompts: Sequence[list[dict[str, str]]],
+                    responses: Sequence[str], pad_id: int, max_prompt: int, max_response: int) -> list[float]:
     """The reward model's score of each response to its prompt, encoded as in training (@sec-finetune-eval)."""
     from llmbook.finetune.data import encode_response
 

@@ -45,7 +45,8 @@ class Family:
 
     name: str
     make: Callable[[random.Random], tuple[str, str]]
-    check: Callable[[Item, str], bool] = field(default=lambda item, response: normalize(response) == normalize(item.answer))
+    check: Callable[[Item, str], bool] = field(
+        default=lambda item, response: normalize(response) == normalize(item.answer))
 
 
 # Several phrasings per family: a held-out prompt is new text, though for small operands it may ask a fact that a
