@@ -229,9 +229,11 @@ def test_cli_malformed_chat_data_names_file_record_field(files, tmp_path, capsys
 
 
 def test_presets_load(root):
-    for name in ("finetune-cpu-tiny", "finetune-gpu"):
-        cfg = load_finetune_config(root / "configs" / f"{name}.toml")
+    for path in sorted((root / "configs").glob("finetune-*.toml")):
+        cfg = load_finetune_config(path)
         assert cfg.sft.steps > 0 and cfg.lora.r == 0
+        assert (root / "configs" / f"{cfg.base.preset}.toml").is_file()  # the base preset exists
+        assert path.stem == f"finetune-{cfg.base.preset}"  # the chapter picks finetune-<book preset>
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['stpes'\] in \[sft\]"):
         FinetuneConfig.from_dict({"sft": {"stpes": 3}})
 

@@ -129,4 +129,5 @@ def bits_per_byte(model: nn.Module, tokenizer: Any, texts: Sequence[str], eos_id
     from llmbook.eval.models import LLMBookLM
     from llmbook.eval.perplexity import perplexity
 
-    return perplexity(LLMBookLM(model, tokenizer, eot_id=eos_id, batch_size=batch_size), list(texts))
+    device = str(next(model.parameters()).device)
+    return perplexity(LLMBookLM(model, tokenizer, eot_id=eos_id, batch_size=batch_size, device=device), list(texts))
