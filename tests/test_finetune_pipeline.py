@@ -126,6 +126,7 @@ def test_lora_sft_adapter_loads_on_its_base_and_merges(files, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain.model(ids)[0], expected, atol=1e-5, rtol=0)
     assert main(["generate", "--checkpoint", str(tmp_path / "merged"), "--max-new-tokens", "3"]) == 0
+    assert main(["finetune", "merge", "--checkpoint", str(run), "--out", str(tmp_path / "merged")]) == 2  # no pruning
 
 
 def test_adapter_for_another_base_is_a_one_line_cli_error(files, tmp_path, capsys):
@@ -294,3 +295,11 @@ def test_cli_chat_streams_answers_from_stdin(sft_run, monkeypatch, capsys):
     assert out.count("\n") == 2  # one answer per line, nothing after /exit
     with pytest.raises(SystemExit):
         main(["chat"])  # --checkpoint is required: argparse's usage error
+
+
+def test_a_new_run_never_overwrites_an_existing_one(files, sft_run, capsys):
+    before = {p: p.read_bytes() for p in sorted(sft_run.rglob("*")) if p.is_file()}
+    config_path = write_toml(sft_run.parent / "again.toml", tiny_config(files, sft={"steps": 2}))
+    assert main(["finetune", "sft", "--config", config_path, "--out", str(sft_run)]) == 2
+    assert "already holds checkpoints; resume (--resume), or choose a new output directory" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(sft_run.rglob("*")) if p.is_file()} == before

@@ -57,7 +57,9 @@ def run_merge(args: argparse.Namespace) -> int:
     from llmbook.fileio import atomic_write
     from llmbook.train.checkpoint import CheckpointError
 
-    out = Path(args.out)
+    from llmbook.finetune.pipeline import check_out_dir
+
+    out = check_out_dir(Path(args.out), resume=False)  # never prune the checkpoints of an existing run
     try:
         if args.adapter:
             model, tokenizer, fmt = load_with_adapter(BaseConfig(run=args.checkpoint), args.adapter, merge=True,

@@ -51,6 +51,17 @@ def _device(cfg: FinetuneConfig) -> str:
     return resolve_device(cfg.run.device)
 
 
+def check_out_dir(out_dir: Path, resume: bool) -> Path:
+    """Refuse to start a new run over one that has checkpoints (before anything in it is rewritten)."""
+    from llmbook.train import checkpoint as ckpt
+
+    out_dir = Path(out_dir)
+    if not resume and ckpt.list_checkpoints(out_dir / "checkpoints"):
+        raise ValueError(f"{out_dir / 'checkpoints'} already holds checkpoints; resume (--resume), or choose a new "
+                         "output directory")
+    return out_dir
+
+
 def _stage_files(out_dir: Path, tokenizer: Any, fmt: ChatFormat, meta: dict[str, Any]) -> list[Path]:
     """Write the chat tokenizer, template and lineage once into `out_dir/chat/`; the trainer copies them into
     every checkpoint."""
@@ -105,7 +116,7 @@ def run_sft(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False, log:
     """
     from llmbook.train import Trainer
 
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, resume)
     device = _device(cfg)
     model, tokenizer = load_base(cfg.base, device, log)
     model, tokenizer, new_ids = chat_model(model, tokenizer, seed=cfg.run.seed)
@@ -158,7 +169,7 @@ def run_reward(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resum
     from llmbook.finetune.reward import RewardModel, RewardObjective, pair_batch
     from llmbook.train import Trainer
 
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, resume)
     loaded = load_finetuned(init, device=_device(cfg), merge=True)
     train, held = preference_pairs(cfg, loaded.chat, loaded.tokenizer)
     pad = special_tokens(loaded.tokenizer)[END]
@@ -201,7 +212,7 @@ def run_dpo(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resume: 
     from llmbook.finetune.dpo import DPOObjective, collate, reference_logps
     from llmbook.train import Trainer
 
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, resume)
     loaded = load_finetuned(init, device=_device(cfg), merge=True)
     train, held = preference_pairs(cfg, loaded.chat, loaded.tokenizer)
     train = train[:cfg.dpo.steps * cfg.dpo.batch_size]
@@ -230,7 +241,7 @@ def run_grpo(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resume:
     from llmbook.finetune.grpo import GRPOObjective, RolloutLoader
     from llmbook.train import Trainer
 
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, resume)
     g = cfg.grpo
     loaded = load_finetuned(init, device=_device(cfg), merge=True)
     reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
