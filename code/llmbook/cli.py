@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "export": "llmbook.train.export",
     "eval": "llmbook.eval.cli",
     "explore": "llmbook.explore.cli",
+    "finetune": "llmbook.finetune.cli",
+    "chat": "llmbook.finetune.interactive",
     "rag": "llmbook.apps.cli",
     "card": "llmbook.apps.card",
 }

@@ -11,8 +11,9 @@ from llmbook.train.generate import add_trust_flag, load_model
 
 
 def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
-    """Write `config.json`, `generation_config.json`, `model.safetensors` and the tokenizer, loadable by
-    `AutoModelForCausalLM`, with the tokenizer's own end-of-text id as bos/eos (@sec-scale-checkpoint).
+    """Write `config.json`, `generation_config.json`, `model.safetensors` and the tokenizer (with the chat template
+    of a fine-tuned checkpoint, @sec-finetune-chat), loadable by `AutoModelForCausalLM` and `AutoTokenizer`, with
+    the tokenizer's own end-of-text id as bos/eos (@sec-scale-checkpoint).
 
     `out_dir` must be new, empty or a model folder (it holds a config.json): other folders are refused, so an
     export never mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a
@@ -33,6 +34,9 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
             raise ValueError(f"{meta.path / 'tokenizer.json'} has no {EOS} token to export as end-of-text")
         hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None,
                                          split_special_tokens=True)
+        template = meta.path / "chat_template.jinja"
+        if template.is_file():
+            hf_tok.chat_template = template.read_text(encoding="utf-8")
         to_hf(model, out, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
 

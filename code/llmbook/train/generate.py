@@ -24,7 +24,13 @@ def load_model(path: str | Path, device: str = "cpu", trust_sharded: bool = Fals
     from llmbook.tokenizer.hf import load_hf_tokenizer
 
     meta = ckpt.info(path)
-    model = GPT(RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config())
+    cfg = RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config()
+    if cfg.extra.get("lora"):  # a LoRA fine-tuning run (@sec-finetune-lora): fold its adapters into the weights
+        from llmbook.finetune.base import load_finetuned
+
+        loaded = load_finetuned(meta.path, device=device, merge=True)
+        return loaded.model, loaded.tokenizer, meta
+    model = GPT(cfg)
     with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         ckpt.load_checkpoint(meta.path, model, None, sharded=False, trust_sharded=trust_sharded)

@@ -1,0 +1,124 @@
+"""Reinforcement learning with verifiable rewards: GRPO [@shao2024deepseekmath] (@sec-finetune-grpo).
+
+For each prompt the policy samples a group of G answers; a checker scores each (1 right, 0 wrong); an answer's
+advantage is its reward minus the group mean, divided by the group's standard deviation, so no value model is
+needed. Each answer token then gets PPO's clipped surrogate [@schulman2017ppo] with that advantage, minus beta
+times an estimate of the KL divergence to the reference (SFT) model. The rollout loader samples with the current
+policy and hands the trainer batches like any other loader; `iterations > 1` reuses a batch for several steps, which
+is when the probability ratio moves away from 1 and the clipping matters.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from llmbook.finetune.chat import ChatFormat
+from llmbook.finetune.config import GRPOConfig
+from llmbook.finetune.data import IGNORE, Example, pad_batch
+from llmbook.finetune.evaluate import complete, decode
+from llmbook.finetune.synthetic import Item, reward
+
+
+def group_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
+    """(r - mean of its group) / (std of its group + eps) for rewards shaped (prompts, group); 0 for uniform groups."""
+    return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log p(target) at every position (B, T), 0 where the target is IGNORE."""
+    mask = targets != IGNORE
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return logps * mask
+
+
+def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: Tensor, mask: Tensor, clip: float,
+              kl: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO objective: per token -min(ratio A, clip(ratio) A) + kl * KL_k3, averaged over each answer's tokens,
+    then over answers. KL_k3 = exp(ref - logp) - (ref - logp) - 1 is an unbiased, positive estimate of KL(pi || ref)."""
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages[:, None]
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    log_r = ref_logps - logps
+    kl_t = torch.exp(log_r) - log_r - 1
+    per_token = (-surrogate + kl * kl_t) * mask
+    n = mask.sum(dim=1).clamp_min(1)
+    loss = (per_token.sum(dim=1) / n).mean()
+    clipped = ((ratio - 1).abs() > clip) & mask.bool()
+    total = mask.sum().clamp_min(1)
+    return loss, {"kl": (kl_t * mask).sum().detach() / total, "clip_fraction": clipped.sum().float() / total}
+
+
+class GRPOObjective:
+    """The trainer objective: x = ids (N, T-1); y = targets, advantages, old and reference log-probs, rewards."""
+
+    def __init__(self, clip: float = 0.2, kl: float = 0.04) -> None:
+        self.clip, self.kl = clip, kl
+
+    def __call__(self, module: nn.Module, x: Tensor, y: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        logps = token_logps(module(x)[0], y["targets"])
+        mask = (y["targets"] != IGNORE).float()
+        loss, metrics = grpo_loss(logps, y["old_logps"], y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
+        return loss, {**metrics, "reward": y["rewards"].mean(), "completion_tokens": mask.sum(1).mean()}
+
+
+@torch.no_grad()
+def per_token_logps(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+    was = model.training
+    model.eval()
+    out = token_logps(model(x)[0], targets)
+    model.train(was)
+    return out
+
+
+class RolloutLoader:
+    """Batches of sampled, scored answers for the trainer: `batch_size` prompts x `group_size` samples each.
+
+    A batch is used for `iterations` optimizer steps before new answers are sampled. The state (how many batches
+    were drawn) resumes the prompt order and the sampling seeds; the answers themselves depend on the restored weights.
+    """
+
+    def __init__(self, policy: nn.Module, reference: nn.Module, fmt: ChatFormat, tokenizer: Any, items: Sequence[Item],
+                 cfg: GRPOConfig, pad_id: int, seed: int = 0) -> None:
+        self.policy, self.reference, self.fmt, self.tokenizer = policy, reference.eval(), fmt, tokenizer
+        self.items, self.cfg, self.pad_id, self.seed = list(items), cfg, pad_id, seed
+        self.stop_ids = fmt.stop_ids(tokenizer)
+        self.drawn, self.uses = 0, 0
+        self.batch: tuple[Tensor, dict[str, Tensor]] | None = None
+
+    def next_batch(self) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.batch is None or self.uses >= self.cfg.iterations:
+            self.batch, self.uses = self.rollout(self.drawn), 0
+            self.drawn += 1
+        self.uses += 1
+        return self.batch
+
+    def rollout(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample `group_size` answers to each of `batch_size` prompts, score them and compute advantages."""
+        cfg = self.cfg
+        prompts = random.Random(f"{self.seed}-{index}").sample(self.items, cfg.batch_size)
+        device = next(self.policy.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + index)
+        prompt_ids = [self.fmt.encode(self.tokenizer, item.messages(with_answer=False), add_generation_prompt=True)[0]
+                      for item in prompts for _ in range(cfg.group_size)]
+        answers = complete(self.policy, prompt_ids, cfg.max_new_tokens, self.stop_ids, cfg.temperature, generator,
+                           pad_id=self.pad_id)
+        rewards = torch.tensor([reward(item, decode(self.tokenizer, ans, self.stop_ids))
+                                for item, ans in zip((i for i in prompts for _ in range(cfg.group_size)), answers)])
+        advantages = group_advantages(rewards.view(cfg.batch_size, cfg.group_size)).flatten()
+        examples = [Example(tuple(p + a), (0,) * len(p) + (1,) * len(a)) for p, a in zip(prompt_ids, answers)]
+        x, targets = pad_batch(examples, self.pad_id)
+        x, targets = x.to(device), targets.to(device)
+        return x, {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
+                   "old_logps": per_token_logps(self.policy, x, targets),
+                   "ref_logps": per_token_logps(self.reference, x, targets)}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"drawn": self.drawn, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.drawn, self.seed, self.batch, self.uses = state["drawn"], state["seed"], None, 0
