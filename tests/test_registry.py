@@ -174,8 +174,8 @@ def test_catalog_entries_are_complete():
 def test_citations_are_in_the_bibliography(root):
     bib = (root / "references.bib").read_text(encoding="utf-8")
     for ds in registry.registry().datasets.values():
-        if ds.citation:
-            assert "{" + ds.citation + "," in bib, f"{ds.name}: citation {ds.citation!r} is not in references.bib"
+        assert ds.citation, f"{ds.name}: no citation key"
+        assert "{" + ds.citation + "," in bib, f"{ds.name}: citation {ds.citation!r} is not in references.bib"
 
 
 def _file(path="toy/a.txt", data=b"hello\n", urls=("https://example.org/a.txt",), **kw) -> DataFile:
