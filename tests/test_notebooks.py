@@ -124,6 +124,15 @@ def test_colab_setup_cell_installs_the_notebook_extra(root):
     assert booktools.colab_url(STEMS[0]) in nb.cells[0].source
 
 
+def test_every_reader_install_is_the_notebook_extra(root):
+    """The README, the preface and environment.yml tell a reader to install what the Colab cell installs:
+    the package with its `notebook` extra (a bare `pip install -e .` misses libraries the notebooks import)."""
+    for name in ("README.md", "index.qmd", "environment.yml"):
+        text = (root / name).read_text(encoding="utf-8")
+        assert 'pip install -e ".[notebook]"' in text, f"{name}: no reader install of the notebook extra"
+        assert not re.search(r"pip install (-e )?\.(?!\[)", text), f"{name}: an install without the notebook extra"
+
+
 def test_colab_setup_cell_makes_the_package_importable_in_the_running_kernel(tmp_path):
     """On Colab the cell clones the book and installs it editable. An editable install reaches `sys.path`
     through a .pth file that only kernels started later read, so the cell must make the clone's package
