@@ -1169,6 +1169,7 @@ def make_notebook(path: Path) -> nbformat.NotebookNode:
 
 
 NOTEBOOK_FORMAT = OutputFormat("notebook", "ipynb", "figure-ipynb", "image/png")
+NBVAL_IGNORE_OUTPUT = "nbval-ignore-output"  # nbval's cell tag: run the cell, do not compare its output
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
@@ -1214,12 +1215,20 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, name: str, timeout: i
 
 
 def readable_outputs(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
-    """Cross-references and citations in Markdown outputs (tables that cite their sources) in words too."""
+    """Cross-references and citations in Markdown outputs (tables that cite their sources) in words too.
+
+    A cell whose output this rewrites no longer prints what it stores, so it is tagged for nbval to run it
+    without comparing its output (strict nbval would otherwise fail on it in every fresh run)."""
     targets, titles = crossref_targets(), _chapter_titles()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/markdown" in o.get("data", {})]
-    texts = [readable_crossrefs(_text(o["data"]["text/markdown"]), stem, targets, titles) for o in outputs]
+    outputs = [(c, o) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "text/markdown" in o.get("data", {})]
+    texts = [readable_crossrefs(_text(o["data"]["text/markdown"]), stem, targets, titles) for _, o in outputs]
     texts, _ = render_citations(texts)
-    for output, text in zip(outputs, texts):
+    for (cell, output), text in zip(outputs, texts):
+        if text != _text(output["data"]["text/markdown"]):
+            tags = cell.metadata.setdefault("tags", [])
+            if NBVAL_IGNORE_OUTPUT not in tags:
+                tags.append(NBVAL_IGNORE_OUTPUT)
         output["data"]["text/markdown"] = text
     return nb
 

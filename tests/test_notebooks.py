@@ -8,6 +8,8 @@ left frozen at "0%". Its setup cell installs, on Colab, exactly what the noteboo
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import booktools
 import nbformat
@@ -113,6 +115,31 @@ def test_notebook_execution_writes_values_and_drops_widgets(demo_notebook, tmp_p
     executed.metadata["widgets"] = {"state": {}}
     booktools.strip_progress(executed)
     assert cell.outputs == [] and "widgets" not in executed.metadata
+
+
+def test_outputs_with_citations_in_words_still_pass_strict_nbval(tmp_path):
+    """`readable_outputs` writes a Markdown output's citations in words, which the cell does not print when
+    it runs again: the cell is tagged so that strict nbval (the fresh-runtime test) runs it without
+    comparing that output, while the other cells are still compared."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": booktools.KERNEL, "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("from IPython.display import Markdown\n"
+                                          "Markdown('| model | source |\\n|--|--|\\n| GPT | [@vaswani2017attention] |')"),
+                nbformat.v4.new_code_cell("print(6 * 7)")]
+    booktools.execute_notebook(nb, tmp_path, "cited")
+    booktools.readable_outputs(nb, "cited")
+    assert "(Vaswani et al. 2017)" in nb.cells[0].outputs[0]["data"]["text/markdown"]
+    assert nb.cells[0].metadata["tags"] == ["nbval-ignore-output"] and "tags" not in nb.cells[1].metadata
+    path = tmp_path / "cited.ipynb"
+    path.write_text(nbformat.writes(nb), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", path.name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    nb.cells[1].outputs[0]["text"] = "41\n"  # the uncited cell is still compared
+    path.write_text(nbformat.writes(nb), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", path.name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1 and "Cell 1" in done.stdout
 
 
 def test_colab_setup_cell_installs_the_notebook_extra(root):
