@@ -211,6 +211,12 @@ def test_mirror_download_checks_and_caches(data_dir, env, serve, monkeypatch):
     assert [p.name for p in leftovers(env)] == ["test_dev.jsonl"]
 
 
+def test_mirror_may_be_a_local_folder(data_dir, env, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_DATA_MIRROR", data_dir.as_uri() + "/")  # file://.../ with a trailing slash
+    path = registry.fetch("gsm8k/test_dev.jsonl", progress=False)
+    assert path.parent.parent == env / "data" and path.read_bytes() == (data_dir / "gsm8k" / "test_dev.jsonl").read_bytes()
+
+
 def test_checksum_mismatch_names_file_and_both_digests(env, serve, tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     (mirror / "gsm8k").mkdir(parents=True)

@@ -338,11 +338,11 @@ def download(urls: Iterable[str], dest: Path, sha256: str, size: int, name: str,
             return dest
         except (OSError, ChecksumMismatch, ValueError, http.client.HTTPException) as err:
             detail = str(err) or type(err).__name__
-            failures.append(f"{redact_url(url)}: {_redact_secret(detail, url)}")
+            failures.append(f"{_redact_url(url)}: {_redact_secret(detail, url)}")
     raise DataUnavailable(f"could not download {name!r}: " + "; ".join(failures))
 
 
-def redact_url(url: str) -> str:
+def _redact_url(url: str) -> str:
     """`url` with the password of a `user:password@` part replaced by `***` (for messages)."""
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
