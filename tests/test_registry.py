@@ -246,6 +246,27 @@ def test_failed_transfers_leave_nothing_and_fall_back_to_the_next_url(tmp_path, 
     assert requests[-2:] == [f"/{url_path}", "/x.txt"]
 
 
+def test_an_interrupted_download_leaves_no_file_and_is_not_swallowed(tmp_path, serve, monkeypatch):
+    """Ctrl-C in the middle of a transfer stops the download (it is not taken for a failed URL to retry)
+    and removes the temporary file."""
+    import contextlib
+
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"payload\n")
+    base, requests = serve(folder)
+
+    class Interrupting:
+        def update(self, n):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "progress_bar", lambda **kw: contextlib.nullcontext(Interrupting()))
+    with pytest.raises(KeyboardInterrupt):
+        registry.download([f"{base}/x.txt", f"{base}/x.txt"], tmp_path / "out" / "x.txt", sha(b"payload\n"), 8,
+                          "x.txt", progress=False)
+    assert leftovers(tmp_path / "out") == [] and requests == ["/x.txt"]
+
+
 def test_unreachable_server_is_reported(tmp_path):
     with pytest.raises(registry.DataUnavailable, match="could not download 'x.txt': http://127.0.0.1:9/x.txt"):
         registry.download(["http://127.0.0.1:9/x.txt"], tmp_path / "x.txt", "0" * 64, 1, "x.txt", progress=False)
