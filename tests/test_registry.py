@@ -331,6 +331,22 @@ def test_a_damaged_cache_file_is_downloaded_again(data_dir, env, serve, monkeypa
     assert "downloading it again" in capsys.readouterr().err
 
 
+def test_a_cache_entry_linking_elsewhere_is_replaced_not_written_through(data_dir, env, serve, tmp_path, monkeypatch):
+    """A symlink in the cache to some other file is not taken for the data (its checksum is wrong), and the
+    fresh download replaces the link itself: the file it pointed at is left as it was."""
+    base, _ = serve(data_dir)
+    monkeypatch.setenv("LLMBOOK_DATA_MIRROR", base)
+    elsewhere = tmp_path / "precious.txt"
+    elsewhere.write_text("not data\n")
+    link = env / "data" / "gsm8k" / "test_dev.jsonl"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere)
+    path = registry.fetch("gsm8k/test_dev.jsonl", progress=False)
+    assert path == link and not link.is_symlink()
+    assert path.read_bytes() == (data_dir / "gsm8k" / "test_dev.jsonl").read_bytes()
+    assert elsewhere.read_text() == "not data\n"
+
+
 def test_a_rebuilt_archive_in_the_cache_is_checked_by_its_content(tmp_path):
     content = b"the books\n" * 1000
     shared = lzma.compress(content, preset=6)
