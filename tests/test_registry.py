@@ -10,6 +10,7 @@ import http.server
 import json
 import lzma
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def env(tmp_path, monkeypatch):
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder, and misbehaves on request: `/fail/500/...` answers 500, `/fail/short/...` announces the
     file's length and sends half of it, `/fail/endless/...` streams bytes without end, `/fail/huge/...`
-    announces a terabyte, `/fail/garbage/...` answers something that is not HTTP, `/redirect/<url>` redirects.
+    announces a terabyte, `/fail/stall/...` says nothing for a second, `/fail/garbage/...` answers something that is not HTTP, `/redirect/<url>` redirects.
     With `password` set, every request needs basic authentication as `user:<password>`."""
 
     requests: list[str]
@@ -76,6 +77,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return
         if self.path.startswith("/fail/huge/"):
             self._raw(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", b"x" * 1000)
+            return
+        if self.path.startswith("/fail/stall/"):
+            time.sleep(1.0)
+            self.close_connection = True
             return
         if self.path.startswith("/fail/garbage/"):
             self._raw(b"SSH-2.0-not-http\r\n\r\n")
@@ -291,6 +296,17 @@ def test_hostile_servers_are_refused_and_the_next_url_tried(tmp_path, serve, url
     assert leftovers(tmp_path / "out") == []
     registry.download([f"{base}/{url_path}", f"{base}/x.txt"], dest, sha(b"payload\n"), 8, "x.txt", progress=False)
     assert dest.read_bytes() == b"payload\n" and requests[-1] == "/x.txt"
+
+
+def test_a_silent_server_times_out_and_the_next_url_is_tried(tmp_path, serve, monkeypatch):
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"payload\n")
+    base, requests = serve(folder)
+    monkeypatch.setattr(registry, "TIMEOUT_S", 0.2)
+    dest = tmp_path / "out" / "x.txt"
+    registry.download([f"{base}/fail/stall/x.txt", f"{base}/x.txt"], dest, sha(b"payload\n"), 8, "x.txt", progress=False)
+    assert dest.read_bytes() == b"payload\n" and requests == ["/fail/stall/x.txt", "/x.txt"]
 
 
 def test_mirror_credentials_are_sent_to_it_only_and_never_printed(data_dir, env, serve, monkeypatch):
