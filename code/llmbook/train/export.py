@@ -17,7 +17,9 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
 
     `out_dir` must be new, empty or a model folder (it holds a config.json): other folders are refused, so an
     export never mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a
-    literal `<|endoftext|>` in text as text (`split_special_tokens`).
+    literal `<|endoftext|>` in text as text (`split_special_tokens`), except for a chat model: transformers
+    renders a chat template to text and must then read its role markers back as special tokens, so it cannot
+    keep them out of message content the way `llmbook.finetune.chat` does (@sec-finetune-chat).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -32,9 +34,9 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
         model, tokenizer, meta = load_model(checkpoint, trust_sharded=trust_sharded)
         if tokenizer.token_to_id(EOS) is None:
             raise ValueError(f"{meta.path / 'tokenizer.json'} has no {EOS} token to export as end-of-text")
-        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None,
-                                         split_special_tokens=True)
         template = meta.path / "chat_template.jinja"
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=None,
+                                         split_special_tokens=not template.is_file())
         if template.is_file():
             hf_tok.chat_template = template.read_text(encoding="utf-8")
         to_hf(model, out, tokenizer=hf_tok)

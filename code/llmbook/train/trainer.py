@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
+
 from llmbook.fileio import output_dir, run_lock
 from llmbook.progress import progress_bar
 from llmbook.train import checkpoint as ckpt
@@ -153,8 +154,9 @@ class Trainer:
     the config. `loaders(split, rank, world_size, seed)` returns a loader; by default the run's corpus
     is tokenized and packed with `llmbook.train.data`. The main process locks `out_dir` from construction
     until the run ends (`fit` reaches `train.steps`, raises, or `close()`), so a second writer is refused.
-    Resuming an FSDP2 run reads DCP's pickled metadata and needs `trust_sharded=True`. An `objective` replaces the model's own loss (fine-tuning
-    objectives, @sec-finetune); `extra_files` are copied into every checkpoint (tokenizer, chat template).
+    Resuming an FSDP2 run reads DCP's pickled metadata and needs `trust_sharded=True`. An `objective` replaces
+    the model's own loss (fine-tuning objectives, @sec-finetune); `extra_files` are copied into every
+    checkpoint (tokenizer, chat template).
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, model: nn.Module | None = None,
@@ -168,12 +170,13 @@ class Trainer:
         output_dir(self.out_dir, "output directory")
         self._lock = run_lock(self.out_dir, log=self.log) if self.dist.is_main else None
         try:
-            self._setup(model, loaders, resume, device)
+            self._setup(model, loaders, resume, device, objective, extra_files)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, model: nn.Module | None, loaders: LoaderFactory | None, resume: bool, device: str) -> None:
+    def _setup(self, model: nn.Module | None, loaders: LoaderFactory | None, resume: bool, device: str,
+               objective: Objective | None, extra_files: list[Path] | tuple[Path, ...]) -> None:
         cfg = self.cfg
         if cfg.train.gpu:
             from llmbook.costs import get_gpu
