@@ -299,6 +299,26 @@ def test_disk_fill_stops_at_the_tmpfs_size():
     assert f"stopped {errno.ENOSPC}" in res.stdout and int(res.stdout.split("MB ")[1]) <= 8, res.stdout
 
 
+HIDDEN_MEMORY = {  # each holds 192 MB of the host's memory outside the address space that memory_mb bounds
+    "memfd": "import os\nfds = []\nfor i in range(12):\n    fds.append(os.memfd_create('m'))\n"
+             "    for _ in range(16):\n        os.write(fds[-1], b'x' * (1 << 20))\n",
+    "sysv-shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+                "for i in range(3):\n    sid = libc.shmget(0, 64 << 20, 0o1600)\n    assert sid >= 0, ctypes.get_errno()\n"
+                "    p = libc.shmat(sid, None, 0)\n    ctypes.memset(p, 1, 64 << 20)\n"
+                "    libc.shmdt(ctypes.c_void_p(p))\n",
+    "socket-buffers": "import socket\npairs = []\nfor i in range(900):\n    a, b = socket.socketpair()\n"
+                      "    a.setblocking(False)\n    pairs.append((a, b))\n    try:\n        while True:\n"
+                      "            a.send(b'x' * 65536)\n    except BlockingIOError:\n        pass\n",
+}
+
+
+@sandboxed
+@pytest.mark.parametrize("attack", HIDDEN_MEMORY.values(), ids=HIDDEN_MEMORY.keys())
+def test_memory_outside_the_address_space_is_bounded_too(attack):
+    res = run(attack + "print('HELD')\n", Limits(timeout_s=20, cpu_s=10, memory_mb=128))
+    assert res.status == "failed" and "HELD" not in res.stdout, res
+
+
 @sandboxed
 def test_huge_output_is_bounded_without_buffering_it():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

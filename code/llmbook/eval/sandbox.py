@@ -121,13 +121,14 @@ def _seatbelt(root):
     sys.modules["ctypes"] = sys.modules["_ctypes"] = None
 
 def _main():
-    fd_in, fd_done, cpu_s, memory_mb, file_size_mb, max_processes, seatbelt = (int(a) for a in sys.argv[1:8])
+    fd_in, fd_done, cpu_s, memory_mb, file_size_mb, max_processes, open_files, seatbelt = (
+        int(a) for a in sys.argv[1:9])
     with os.fdopen(fd_in, "rb") as f:
         token, source = f.read().decode("utf-8", "surrogatepass").split("\n", 1)
     mb = 1024 * 1024
     for limit, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory_mb * mb),
                          (resource.RLIMIT_FSIZE, file_size_mb * mb), (resource.RLIMIT_NPROC, max_processes),
-                         (resource.RLIMIT_CORE, 0)):
+                         (resource.RLIMIT_NOFILE, open_files), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(limit, (value, value))
     if seatbelt:
         _seatbelt(os.getcwd())
@@ -157,10 +158,11 @@ class Limits:
     max_processes: int = 8  # every process and thread in the sandbox, bubblewrap's own init included
     max_output_bytes: int = 64_000
     disk_mb: int = 64  # the writable tmpfs under bubblewrap; unbounded with isolation='unsafe-host'
+    open_files: int = 256  # per process; also bounds the kernel memory socket and pipe buffers hold
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes",
-                     "disk_mb"):
+                     "disk_mb", "open_files"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)}")
 
@@ -198,6 +200,8 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
     "acct", "syslog", "quotactl", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
     "setdomainname", "iopl", "ioperm", "name_to_handle_at", "open_by_handle_at", "lookup_dcookie", "uselib", "vhangup",
+    # memory that no process limit counts: file-less shared memory, System V segments and queues
+    "memfd_create", "memfd_secret", "shmget", "msgget",
 )
 CLONE_NEW_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 TERMINAL_INJECTION_IOCTLS = (0x5412, 0x541C)  # TIOCSTI, TIOCLINUX
@@ -369,7 +373,8 @@ def _run(source: str, limits: Limits, bwrap: Bubblewrap | None) -> ExecResult:
         program.write(f"{token}\n{source}".encode("utf-8", "surrogatepass"))
         program.seek(0)
         runner = ["-I", "-B", "-c", RUNNER, str(program.fileno()), str(done.fileno()), str(limits.cpu_s),
-                  str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes), "0" if bwrap else "1"]
+                  str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes), str(limits.open_files),
+                  "0" if bwrap else "1"]
         fds = [program.fileno(), done.fileno()]
         if bwrap:
             seccomp.write(seccomp_filter())
