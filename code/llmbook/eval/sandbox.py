@@ -10,8 +10,10 @@ evaluator runs as root, bubblewrap itself runs as a random unprivileged uid, so 
 
 Without bubblewrap, `isolation='auto'` refuses to run anything; `isolation='unsafe-host'` is the explicit,
 loudly warned opt-in that runs the code on this machine behind a Python seatbelt that stops accidents, not
-attacks. Either way a program passes only if it ran to its end: the runner writes a random token, which the
-program never sees, to a file the evaluator checks after the last statement (the tests) returned.
+attacks. Either way a program passes only if it ran to its end: the runner writes a random token to a file the
+evaluator checks after the last statement (the tests) returned, so exit(), SystemExit and os._exit() before the
+tests never pass. The token is not a secret from a program written to forge a pass: it runs in the same
+interpreter as the runner, whose frame (and so the token) is one `sys._getframe(1)` away.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class UnsandboxedCodeWarning(RuntimeWarning):
 warnings.simplefilter("always", UnsandboxedCodeWarning)  # every unsandboxed run says so, not only the first
 
 # The trusted part of every run: limits, then the program, then the token that proves the program ran to its end.
-# It runs inside the sandbox with the program, so the token is only as secret as the runner's memory: no guess,
-# print or write gives it away, a program that searches its own process memory for it could find it.
+# It runs inside the sandbox in the program's own interpreter: no guess, print or write gives the token away, but
+# a program that looks for it on purpose (frames, gc, its own memory) finds it. It tells an early exit from a
+# finished run; it is no defence against code written to forge a pass (nor are the tests against `__eq__` tricks).
 RUNNER = r'''
 import os, resource, sys
 
