@@ -100,6 +100,20 @@ def test_export_refuses_a_folder_that_is_not_a_model_folder(ws, tmp_path, capsys
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
 
 
+def test_export_does_not_overwrite_an_applications_config_json(ws, tmp_path, capsys):
+    """A config.json alone does not make a model folder: a project's own config.json and files stay untouched."""
+    (tmp_path / "config.json").write_text('{"name": "my app", "port": 8080}')
+    (tmp_path / "app.py").write_text("print('mine')")
+    before = snapshot(tmp_path)
+    main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "is not a model folder")
+    assert snapshot(tmp_path) == before
+    model = tmp_path / "model"  # a model folder, such as an earlier export, is rewritten in place
+    assert main(["export", "--checkpoint", str(ws.run), "--out", str(model)]) == 0
+    (model / "notes.txt").write_text("mine")
+    assert main(["export", "--checkpoint", str(ws.run), "--out", str(model)]) == 0
+    assert (model / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_out_in_a_read_only_folder_is_one_line(ws, tmp_path, name):
     command, argv = WRITERS[name]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from llmbook.fileio import LOCK_NAME, output_dir, run_lock
 from llmbook.train import checkpoint as ckpt
@@ -14,9 +16,10 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
     """Write `config.json`, `generation_config.json`, `model.safetensors` and the tokenizer, loadable by
     `AutoModelForCausalLM`, with the tokenizer's own end-of-text id as bos/eos (@sec-scale-checkpoint).
 
-    `out_dir` must be new, empty or a model folder (it holds a config.json): other folders are refused, so an
-    export never mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a
-    literal `<|endoftext|>` in text as text (`split_special_tokens`).
+    `out_dir` must be new, empty or a model folder (its config.json names a model_type): other folders, an
+    application's folder with its own config.json among them, are refused, so an export never overwrites or
+    mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a literal
+    `<|endoftext|>` in text as text (`split_special_tokens`).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -24,7 +27,7 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
 
     out = output_dir(out_dir)
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if others and not (out / "config.json").is_file():
+    if others and not _is_model_folder(out):
         raise ValueError(f"--out {out}: holds {len(others)} other file(s) (e.g. {others[0]!r}) and is not a model "
                          "folder; refusing to write into it (choose a new or empty folder)")
     with run_lock(out):
@@ -35,6 +38,15 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
                                          split_special_tokens=True)
         to_hf(model, out, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a Hugging Face model's config.json (a JSON object naming its model_type)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model_type"), str)
 
 
 def run_export(args: argparse.Namespace) -> int:
