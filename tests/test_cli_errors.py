@@ -93,6 +93,17 @@ def test_data_tokenize_refuses_a_folder_it_did_not_write(ws, tmp_path, capsys):
     assert snapshot(tmp_path) == before and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
+def test_data_tokenize_refuses_a_folder_another_command_is_writing(ws, tmp_path, capsys):
+    """Its own lock lives beside the folder it swaps in; the folder's lock, held by a training run, is respected too."""
+    from llmbook.fileio import run_lock
+
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    before = snapshot(run)
+    with run_lock(run):  # a training run writing there
+        main_error(capsys, WRITERS["data tokenize"][1](ws, run), "data", str(run), "is in use by process")
+    assert snapshot(run) == before and not (run / "manifest.json").exists()
+
+
 def test_export_refuses_a_folder_that_is_not_a_model_folder(ws, tmp_path, capsys):
     (tmp_path / "thesis.tex").write_text("mine")
     main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "'thesis.tex'",
