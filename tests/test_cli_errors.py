@@ -213,6 +213,33 @@ def test_resume_with_a_changed_model_shape_names_the_field(ws, tmp_path, capsys)
                "train", "wte.weight has shape [300, 32] in the checkpoint and [300, 48] in this model")
 
 
+def _replace_in_checkpoint(step: Path, name: str, obj) -> None:
+    """Save `obj` as `name` in checkpoint `step` and record it in the manifest, as a checkpoint of another
+    version, or a hand-edited one, would hold it."""
+    from llmbook.fileio import file_sha256
+
+    torch.save(obj, step / name)
+    manifest = json.loads((step / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": (step / name).stat().st_size, "sha256": file_sha256(step / name)}
+    (step / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name,obj,needle", [
+    ("rank_00000.pt", torch.zeros(2), "rank_00000.pt has no 'step'"),
+    ("rank_00000.pt", {}, "rank_00000.pt has no 'step'"),
+    ("rank_00000.pt", "step-as-text", "rank_00000.pt has a step or token count that is not an integer"),
+    ("optimizer.pt", {"state": {}}, "optimizer.pt does not fit this model's optimizer"),
+], ids=["rank-tensor", "rank-empty", "rank-step-text", "optimizer-without-groups"])
+def test_resume_from_a_checkpoint_with_foreign_state_is_one_line(ws, tmp_path, capsys, name, obj, needle):
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    step = run / "checkpoints" / "step_00000002"
+    if obj == "step-as-text":
+        obj = {**torch.load(step / name, weights_only=True), "step": "2"}
+    _replace_in_checkpoint(step, name, obj)
+    main_error(capsys, ["train", "--config", ws.cfg, "--out", run, "--resume", "--train.steps=3"], "train",
+               "step_00000002", needle)
+
+
 @pytest.mark.parametrize("files,needle", [(None, "field 'files' is missing"), ([1, 2], "field 'files' is malformed"),
                                           ({"model.safetensors": "abc"}, "files['model.safetensors'] is malformed"),
                                           ({"../../etc/passwd": {"bytes": 1, "sha256": "0"}}, "outside the checkpoint")])
