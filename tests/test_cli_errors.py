@@ -195,6 +195,25 @@ def test_garbage_or_non_utf8_files_name_the_file(ws, tmp_path, capsys, case):
     main_error(capsys, argv, command, *map(str, needles))
 
 
+@pytest.mark.parametrize("content,needle", [(b'{"step": 1}\n[1, 2]\n{"step": 2}\n', "line 2 is '[1, 2]', not a JSON object"),
+                                            (b'{"step": 1}\n\xff\xfe\n', "not UTF-8 text (byte 0xff")],
+                         ids=["not-an-object", "not-utf8"])
+def test_resume_with_a_metrics_log_that_is_not_ours_names_it(ws, tmp_path, capsys, content, needle):
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    (run / "metrics.jsonl").write_bytes(content)
+    main_error(capsys, ["train", "--config", ws.cfg, "--out", run, "--resume", "--train.steps=3"], "train",
+               f"{run / 'metrics.jsonl'}: {needle}")
+    assert (run / "metrics.jsonl").read_bytes() == content
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_names_it(ws, tmp_path, capsys):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(ws.cfg.read_bytes() + "# r\xe9sum\xe9\n".encode("latin-1"))
+    main_error(capsys, ["train", "--config", bad, "--out", tmp_path / "run"], "train", str(bad), "not UTF-8 text")
+    main_error(capsys, ["train", "--config", tmp_path, "--out", tmp_path / "run"], "train", str(tmp_path),
+               "is a directory, not a TOML file")
+
+
 def test_non_utf8_documents_are_repaired_and_counted_not_fatal(ws, tmp_path, capsys):
     """Bytes that are not UTF-8 in a corpus become U+FFFD (as `data prepare` repairs them), and the count is shown."""
     latin1 = bad_files(tmp_path)["latin1.txt"]
