@@ -65,6 +65,24 @@ def test_lock_refuses_a_second_process_then_takes_over_when_it_dies(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()  # released on exit
 
 
+def test_deleting_the_lock_file_of_a_running_holder_does_not_let_a_second_writer_in(tmp_path):
+    proc = holder(tmp_path)
+    try:
+        (tmp_path / LOCK_NAME).unlink()  # "a stale lock", thinks the user
+        with pytest.raises(LockedError, match=rf"{tmp_path} is in use by another process \(its lock file"):
+            run_lock(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+    with run_lock(tmp_path):  # free again once the holder is gone
+        pass
+    mine = run_lock(tmp_path / "sub")
+    (tmp_path / "sub" / LOCK_NAME).unlink()
+    (tmp_path / "sub" / LOCK_NAME).write_text("someone else's")
+    mine.release()  # removes only its own lock file
+    assert (tmp_path / "sub" / LOCK_NAME).read_text() == "someone else's"
+
+
 def test_lock_is_released_when_the_work_raises(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with run_lock(tmp_path):
