@@ -132,7 +132,13 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         collected = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symbolic link: the PID would overwrite the file it points to
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                if not self.path.is_symlink():
+                    raise
+                raise ValueError(f"{self.path}: is a symbolic link, not a lock file written by llmbook; remove it "
+                                 "and run again") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
