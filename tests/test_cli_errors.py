@@ -118,6 +118,10 @@ def test_export_does_not_overwrite_an_applications_config_json(ws, tmp_path, cap
     before = snapshot(tmp_path)
     main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "is not a model folder")
     assert snapshot(tmp_path) == before
+    step = shutil.copytree(ws.run / "checkpoints" / "step_00000002", tmp_path / "step")  # its config.json is ours
+    before = snapshot(step)
+    main_error(capsys, WRITERS["export"][1](ws, step), "export", str(step), "is not a model folder")
+    assert snapshot(step) == before  # the checkpoint still matches its manifest
     model = tmp_path / "model"  # a model folder, such as an earlier export, is rewritten in place
     assert main(["export", "--checkpoint", str(ws.run), "--out", str(model)]) == 0
     (model / "notes.txt").write_text("mine")
