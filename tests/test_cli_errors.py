@@ -218,6 +218,11 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_names_it(ws, tmp_path, capsys)
                "is a directory, not a TOML file")
 
 
+def test_a_vocabulary_size_typo_is_one_line_not_an_out_of_memory_abort(ws, tmp_path):
+    done = run_llmbook("tokenizer", "train", "--input", ws.corpus, "--vocab-size", "32000000000", "--out", tmp_path / "t")
+    assert_one_line_error(done.returncode, done.stderr, "tokenizer", "--vocab-size must be at most", "32,000,000,000")
+
+
 def test_non_utf8_documents_are_repaired_and_counted_not_fatal(ws, tmp_path, capsys):
     """Bytes that are not UTF-8 in a corpus become U+FFFD (as `data prepare` repairs them), and the count is shown."""
     latin1 = bad_files(tmp_path)["latin1.txt"]
@@ -282,6 +287,7 @@ def test_a_manifest_without_or_with_malformed_files(ws, tmp_path, capsys, files,
 @pytest.mark.parametrize("flag,value,needle", [("--temperature", "nan", "--temperature must be a finite number >= 0"),
                                                ("--temperature", "-1", "got -1.0"),
                                                ("--samples", "0", "--samples must be at least 1, got 0"),
+                                               ("--prompt", "caf\udce9", "--prompt 'caf\\udce9': not UTF-8 text"),
                                                ("--max-new-tokens", "0", "--max-new-tokens must be at least 1"),
                                                ("--top-k", "-3", "--top-k must be >= 0 (0: off), got -3")])
 def test_generate_sampling_settings(ws, capsys, flag, value, needle):
