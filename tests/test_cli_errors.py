@@ -317,7 +317,9 @@ def test_eval_ppl_device(ws, tmp_path, capsys):
                                              ("--optim.eps=inf", "[optim] eps must be a finite number, got inf"),
                                              ("--optim.lr=nan", "[optim] lr must be a finite number, got nan"),
                                              ("--train.compile=maybe", "[train] compile must be true or false, got 'maybe'"),
-                                             ("--data.batch_size=2.5", "[data] batch_size must be an integer, got 2.5")])
+                                             ("--data.batch_size=2.5", "[data] batch_size must be an integer, got 2.5"),
+                                             ("--model.bias=maybe", "GPTConfig.bias must be true or false, got 'maybe'"),
+                                             ("--model.dropout=abc", "GPTConfig.dropout must be a number, got 'abc'")])
 def test_train_overrides_are_validated(ws, tmp_path, capsys, override, needle):
     main_error(capsys, ["train", "--config", ws.cfg, "--out", tmp_path / "run", override], "train", needle)
     assert not (tmp_path / "run").exists()
