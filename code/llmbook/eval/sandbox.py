@@ -243,7 +243,7 @@ class Bubblewrap:
 
     bwrap: str
     python: str
-    python_dirs: tuple[str, ...]  # bound read-only at the same path (the interpreter's prefix, when not under /usr)
+    python_dirs: tuple[str, ...]  # bound read-only at the same path (the interpreter and its lib/, when not under /usr)
 
     def argv(self, limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
         """The bwrap command line, up to the interpreter."""
@@ -273,7 +273,12 @@ def _interpreters() -> list[Bubblewrap]:
     if own.is_file():
         dirs = {str(Path(p).resolve()) for p in (sys.base_prefix, sys.base_exec_prefix)}
         outside_usr = sorted(d for d in dirs if d != "/usr" and not d.startswith("/usr/"))
-        found.append(Bubblewrap(bwrap, str(own), tuple(outside_usr)))
+        # the interpreter and lib/ (standard library, extension modules, the libraries they link), never the whole
+        # prefix: built with --prefix=$HOME/.local, that would show the sandbox ~/.local/share
+        binds = [str(own)] if outside_usr else []
+        binds += [str(Path(d) / lib) for d in outside_usr for lib in ("lib", "lib64") if (Path(d) / lib).is_dir()
+                  and not (Path(d) / lib).is_symlink()]
+        found.append(Bubblewrap(bwrap, str(own), tuple(binds)))
     if os.path.isfile("/usr/bin/python3"):  # when the own one is unreadable to an unprivileged uid (under /root)
         found.append(Bubblewrap(bwrap, "/usr/bin/python3", ()))
     return found
