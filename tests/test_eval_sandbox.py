@@ -186,7 +186,8 @@ def test_no_secrets_are_readable_shadow_root_or_homes():
     assert "READ" not in res.stdout, res.stdout
     files = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("FILE")]
     # all there is: the loader cache, and the interpreter's installation if it lives under a home directory
-    assert all(f == "/etc/ld.so.cache" or any(f == d or f.startswith(d + "/") for d in bound) for f in files), files[:20]
+    assert all(f == "/etc/ld.so.cache" or any(f == d or f.startswith(d + "/") for d in bound)
+               for f in files), files[:20]
 
 
 @sandboxed
@@ -215,7 +216,8 @@ def test_only_the_interpreter_and_its_lib_are_shown_of_a_prefix_in_a_home(tmp_pa
         monkeypatch.setattr(sys, "base_exec_prefix", str(prefix))
         own = sandbox._interpreters()[0]
         assert own.python_dirs == (str(prefix / "bin" / exe), str(prefix / "lib"))
-        src = f"import os\nprint(sorted(os.listdir({str(prefix)!r})))\nprint(os.path.exists({str(prefix / 'share')!r}))\n"
+        src = (f"import os\nprint(sorted(os.listdir({str(prefix)!r})))\n"
+               f"print(os.path.exists({str(prefix / 'share')!r}))\n")
         res = sandbox._run(src, FAST, own)
         assert res.passed, res
         assert res.stdout.split("\n")[:2] == ["['bin', 'lib']", "False"]
@@ -337,7 +339,8 @@ HIDDEN_MEMORY = {  # each holds 192 MB of the host's memory outside the address 
     "memfd": "import os\nfds = []\nfor i in range(12):\n    fds.append(os.memfd_create('m'))\n"
              "    for _ in range(16):\n        os.write(fds[-1], b'x' * (1 << 20))\n",
     "sysv-shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
-                "for i in range(3):\n    sid = libc.shmget(0, 64 << 20, 0o1600)\n    assert sid >= 0, ctypes.get_errno()\n"
+                "for i in range(3):\n    sid = libc.shmget(0, 64 << 20, 0o1600)\n"
+                "    assert sid >= 0, ctypes.get_errno()\n"
                 "    p = libc.shmat(sid, None, 0)\n    ctypes.memset(p, 1, 64 << 20)\n"
                 "    libc.shmdt(ctypes.c_void_p(p))\n",
     "socket-buffers": "import socket\npairs = []\nfor i in range(900):\n    a, b = socket.socketpair()\n"

@@ -207,7 +207,8 @@ class RunLock:
 
 
 def _lock_folder(directory: Path) -> int | None:
-    """flock the folder itself; its descriptor, or None where folders cannot be locked (NFS). BlockingIOError if held."""
+    """flock the folder itself: its descriptor, or None where folders cannot be locked (NFS); BlockingIOError
+    if another process holds it."""
     import fcntl
 
     try:

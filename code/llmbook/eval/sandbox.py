@@ -3,7 +3,7 @@
 Each program runs under bubblewrap (`bwrap`, the sandbox Flatpak is built on) in new user, PID, network, mount,
 IPC, UTS and cgroup namespaces: as uid 65534 with every capability dropped and no new privileges, behind a
 seccomp filter that denies mounts, namespaces, ptrace and other kernel interfaces, in a read-only view of
-`/usr` and the Python installation only (no `/etc` beyond the loader cache, no home directories, no `/root`),
+`/usr` and the interpreter with its `lib/` only (no `/etc` beyond the loader cache, no home directories, no `/root`),
 with a size-capped tmpfs as its only writable directory and no network but its own empty loopback. When the
 evaluator runs as root, bubblewrap itself runs as a random unprivileged uid, so the process limit binds
 (the kernel exempts uid 0 from it). The whole sandbox dies with its PID namespace at the wall-clock timeout.
