@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from llmbook.fileio import LOCK_NAME, output_dir, run_lock
 from llmbook.train import checkpoint as ckpt
@@ -15,11 +17,12 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
     of a fine-tuned checkpoint, @sec-finetune-chat), loadable by `AutoModelForCausalLM` and `AutoTokenizer`, with
     the tokenizer's own end-of-text id as bos/eos (@sec-scale-checkpoint).
 
-    `out_dir` must be new, empty or a model folder (it holds a config.json): other folders are refused, so an
-    export never mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a
-    literal `<|endoftext|>` in text as text (`split_special_tokens`), except for a chat model: transformers
-    renders a chat template to text and must then read its role markers back as special tokens, so it cannot
-    keep them out of message content the way `llmbook.finetune.chat` does (@sec-finetune-chat).
+    `out_dir` must be new, empty or a model folder (its config.json names a model_type): other folders, an
+    application's folder with its own config.json among them, are refused, so an export never overwrites or
+    mixes its files into unrelated ones. The exported tokenizer, like the book's, encodes a literal
+    `<|endoftext|>` in text as text (`split_special_tokens`), except for a chat model: transformers renders a
+    chat template to text and must then read its role markers back as special tokens, so it cannot keep them
+    out of message content the way `llmbook.finetune.chat` does (@sec-finetune-chat).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -27,7 +30,7 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
 
     out = output_dir(out_dir)
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if others and not (out / "config.json").is_file():
+    if others and not _is_model_folder(out):
         raise ValueError(f"--out {out}: holds {len(others)} other file(s) (e.g. {others[0]!r}) and is not a model "
                          "folder; refusing to write into it (choose a new or empty folder)")
     with run_lock(out):
@@ -41,6 +44,15 @@ def export(checkpoint: str, out_dir: str, trust_sharded: bool = False) -> str:
             hf_tok.chat_template = template.read_text(encoding="utf-8")
         to_hf(model, out, tokenizer=hf_tok)
     return f"exported {meta.path.name} (step {meta.step}) to {out_dir}"
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a Hugging Face model's config.json (a JSON object naming its model_type)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model_type"), str)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -75,6 +75,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.samples)
     try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes of another encoding on the command line arrive as lone surrogates
+        raise ValueError(f"--prompt {args.prompt!r}: not UTF-8 text (position {err.start})") from None
+    try:
         model, tokenizer, meta = load_model(args.checkpoint, trust_sharded=args.trust_sharded)
         print(f"# {meta.path.name} (step {meta.step})")
         for i in range(args.samples):

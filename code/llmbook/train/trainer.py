@@ -134,7 +134,11 @@ class MetricsLog:
 
 def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Read a metrics.jsonl file into a list of records, skipping (and reporting) a last line torn by a crash."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
+                         "not a metrics log written by the trainer") from None
     records = []
     for i, line in enumerate(lines):
         try:
@@ -143,6 +147,10 @@ def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[d
             if i != len(lines) - 1:
                 raise ValueError(f"{path}: line {i + 1} is not JSON (only a torn last line is tolerated)") from None
             log(f"{path}: skipped a torn last line ({len(line)} characters)")
+            continue
+        if not isinstance(records[-1], dict):
+            raise ValueError(f"{path}: line {i + 1} is {line[:40]!r}, not a JSON object; not a metrics log written by "
+                             "the trainer")
     return records
 
 
