@@ -296,6 +296,16 @@ class GPT(nn.Module):
             cache.evict(self.config.sliding_window)
         return self.lm_head(x)
 
+    def forward_positions(self, idx: Tensor, pos: Tensor, mask: Tensor, cache, k_pos: Tensor) -> Tensor:
+        """Logits for tokens idx (B, T) at positions pos (B, T) through an external cache (@sec-inference-batching).
+
+        `cache.append(layer, k, v)` stores the new keys and values and returns all keys and values to attend to,
+        whose positions are k_pos (B, S); mask (B, T, S) is True where a query may attend. The serving engine's
+        preallocated slot cache (`llmbook.serve.kvcache`) runs the model through this method.
+        """
+        self._check_positions(int(pos.max()))
+        return self.lm_head(self._trunk(idx, pos, mask[:, None], cache, k_pos))
+
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, stop: int | list[int] | None = None,
