@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "generate": "llmbook.train.generate",
     "export": "llmbook.train.export",
     "eval": "llmbook.eval.cli",
+    "serve": "llmbook.serve.cli",
 }
 
 

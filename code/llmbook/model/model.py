@@ -296,14 +296,17 @@ class GPT(nn.Module):
             cache.evict(self.config.sliding_window)
         return self.lm_head(x)
 
-    def forward_positions(self, idx: Tensor, pos: Tensor, mask: Tensor, cache, k_pos: Tensor) -> Tensor:
+    def forward_positions(self, idx: Tensor, pos: Tensor, mask: Tensor, cache, k_pos: Tensor,
+                          check: bool = True) -> Tensor:
         """Logits for tokens idx (B, T) at positions pos (B, T) through an external cache (@sec-inference-batching).
 
         `cache.append(layer, k, v)` stores the new keys and values and returns all keys and values to attend to,
         whose positions are k_pos (B, S); mask (B, T, S) is True where a query may attend. The serving engine's
-        preallocated slot cache (`llmbook.serve.kvcache`) runs the model through this method.
+        preallocated slot cache (`llmbook.serve.kvcache`) runs the model through this method. `check=False` skips
+        the position check, which reads a value back from the device (a graph break under `torch.compile`).
         """
-        self._check_positions(int(pos.max()))
+        if check:
+            self._check_positions(int(pos.max()))
         return self.lm_head(self._trunk(idx, pos, mask[:, None], cache, k_pos))
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ on the same tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -107,3 +107,18 @@ def train_student(student: GPT, batches: Iterable[tuple[Tensor, Tensor]], config
         raise ValueError(f"the batches ran out after {len(history)} of {config.steps} steps")
     student.eval()
     return history
+
+
+def token_batches(ids: list[int] | Tensor, batch_size: int, block_size: int, seed: int = 0
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless (x, y) batches of random `block_size` windows of a token stream, y shifted by one; seeded, so the
+    student with and without a teacher see the same tokens in the same order."""
+    data = torch.as_tensor(ids, dtype=torch.long)
+    if data.numel() <= block_size + 1:
+        raise ValueError(f"need more than {block_size + 1} tokens to cut windows, got {data.numel()}")
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(block_size + 1)
+    while True:
+        starts = torch.randint(0, data.numel() - block_size - 1, (batch_size,), generator=gen)
+        windows = data[starts[:, None] + offsets]
+        yield windows[:, :-1], windows[:, 1:]

@@ -44,6 +44,7 @@ class SamplingParams:
     top_k: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # besides end-of-text, e.g. the chat template's end-of-turn token
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
@@ -206,8 +207,8 @@ class Engine:
         self.counters["tokens"] += 1
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
-        if token == self.eos_id:
-            self._finish(req, "stop", events, token)
+        if token == self.eos_id or token in req.params.stop_token_ids:
+            self._finish(req, "stop", events, token, req.stream.finish())
             return
         delta = req.stream.push(token)
         if req.stream.stopped:
@@ -252,7 +253,8 @@ class Engine:
         out = []
         for rid in ids:
             r = reqs[rid]
-            tokens = r.out[:-1] if r.out and r.out[-1] == self.eos_id else r.out
+            stopped = r.out and (r.out[-1] == self.eos_id or r.out[-1] in r.params.stop_token_ids)
+            tokens = r.out[:-1] if stopped else r.out
             out.append(Completion(r.stream.text, tokens, r.finish_reason or "error", len(r.prompt),
                                   (r.first_token_at or r.submitted) - r.submitted, time.perf_counter() - r.submitted))
         return out

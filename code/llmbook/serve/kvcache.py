@@ -44,9 +44,12 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
 
-    def bind(self, slots: Tensor, pos: Tensor, span: int | None = None) -> "_BoundSlots":
-        """A view for one forward pass of tokens at `pos` (B, T) in `slots` (B,), attending to the first `span` keys."""
-        return _BoundSlots(self, slots, pos, self.max_len if span is None else span)
+    def bind(self, slots: Tensor, pos: Tensor, span: int | None = None, contiguous: bool = False) -> "_BoundSlots":
+        """A view for one forward pass of tokens at `pos` (B, T) in `slots` (B,), attending to the first `span` keys.
+
+        `contiguous=True` promises that slots are 0..B-1, which lets attention read a slice instead of a gathered copy.
+        """
+        return _BoundSlots(self, slots, pos, self.max_len if span is None else span, contiguous)
 
     def mask(self, pos: Tensor, span: int) -> Tensor:
         """(B, T, span) True where the query at pos may attend to the key at each cached position."""
@@ -60,10 +63,8 @@ class SlotKVCache:
 class _BoundSlots:
     """The cache interface `GPT.forward_positions` calls once per layer: store, then return what to attend to."""
 
-    def __init__(self, cache: SlotKVCache, slots: Tensor, pos: Tensor, span: int) -> None:
-        self.cache, self.slots, self.pos, self.span = cache, slots, pos, span
-        n = slots.shape[0]  # a run of slots 0..n-1 is a plain slice: no gather copy
-        self.contiguous = n <= cache.n_slots and bool((slots == torch.arange(n, device=slots.device)).all())
+    def __init__(self, cache: SlotKVCache, slots: Tensor, pos: Tensor, span: int, contiguous: bool) -> None:
+        self.cache, self.slots, self.pos, self.span, self.contiguous = cache, slots, pos, span, contiguous
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         kc, vc = self.cache.k[layer], self.cache.v[layer]
@@ -77,15 +78,20 @@ class _BoundSlots:
 
 
 def forward_slots(model: GPT, cache: SlotKVCache, slots: Tensor, idx: Tensor, pos: Tensor,
-                  span: int | None = None) -> Tensor:
+                  span: int | None = None, check: bool = True) -> Tensor:
     """Logits (B, T, vocab) for tokens idx (B, T) at positions pos in the given cache slots; updates the cache.
 
     `span` limits attention to the first `span` cached positions (it must exceed pos.max()); None keeps the
     full `max_len`, a static shape that `torch.compile` can specialise once (@sec-inference-decode).
+    `check=False` skips the checks that read values back from the device, for compiled decoding.
     """
     span = cache.max_len if span is None else span
-    if int(pos.max()) >= span or int(pos.max()) >= cache.max_len:
-        raise ValueError(f"position {int(pos.max())} is beyond the cache span {span} (max_len={cache.max_len})")
-    bound = cache.bind(slots, pos, span)
+    contiguous = False
+    if check:
+        if int(pos.max()) >= span or span > cache.max_len:
+            raise ValueError(f"position {int(pos.max())} is beyond the cache span {span} (max_len={cache.max_len})")
+        n = slots.shape[0]  # slots 0..n-1 are a plain slice of the cache: no gather copy
+        contiguous = n <= cache.n_slots and bool((slots == torch.arange(n, device=slots.device)).all())
+    bound = cache.bind(slots, pos, span, contiguous)
     return model.forward_positions(idx, pos, cache.mask(pos, span), bound,
-                                   cache.positions[:span].expand(idx.shape[0], -1))
+                                   cache.positions[:span].expand(idx.shape[0], -1), check=check)

@@ -48,6 +48,7 @@ class Servable:
     eos_id: int
     name: str
     info: dict[str, Any] = field(default_factory=dict)
+    chat: Any = None  # llmbook.finetune.chat.ChatFormat of a chat model (its folder has chat_template.jinja)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -57,8 +58,11 @@ class Servable:
 
 
 def save_model(model: GPT, tokenizer: Any, out_dir: str | os.PathLike, source: dict[str, Any] | None = None,
-               quant: QuantConfig | None = None) -> Path:
-    """Write `model` (possibly with `QuantLinear` layers) as a servable folder, atomically (temp folder, rename)."""
+               quant: QuantConfig | None = None, chat: Any = None) -> Path:
+    """Write `model` (possibly with `QuantLinear` layers) as a servable folder, atomically (temp folder, rename).
+
+    `chat` (a `ChatFormat`) is saved as `chat_template.jinja`, which makes the folder a chat model.
+    """
     out = Path(out_dir)
     layers = sorted(name for name, m in model.named_modules() if isinstance(m, QuantLinear))
     if layers and quant is None:
@@ -69,6 +73,8 @@ def save_model(model: GPT, tokenizer: Any, out_dir: str | os.PathLike, source: d
     try:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         (tmp / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+        if chat is not None:
+            chat.save(tmp)
         spec = {
             "format": FORMAT, "version": VERSION, "model": model.config.to_dict(),
             "quantization": None if quant is None else {"method": quant.method, "group_size": quant.groups,
@@ -209,7 +215,15 @@ def load_folder(folder: str | os.PathLike, device: str = "cpu") -> Servable:
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise ValueError(f"{tok_path}: {tokenizer.get_vocab_size()} tokens, more than the model's "
                          f"vocab_size={model.config.vocab_size}")
-    return Servable(model.to(device).eval(), tokenizer, eos, folder.name, {"path": str(folder), **spec})
+    return Servable(model.to(device).eval(), tokenizer, eos, folder.name, {"path": str(folder), **spec},
+                    chat_format(folder))
+
+
+def chat_format(folder: Path) -> Any:
+    """The folder's `ChatFormat` when it holds a chat template, else None (a base model)."""
+    from llmbook.finetune.chat import TEMPLATE_FILE, ChatFormat
+
+    return ChatFormat.load(folder) if (folder / TEMPLATE_FILE).is_file() else None
 
 
 def load_servable(path: str | os.PathLike, device: str = "cpu", quantize: str | None = None,
@@ -232,7 +246,8 @@ def load_servable(path: str | os.PathLike, device: str = "cpu", quantize: str | 
         if eos is None:
             raise ValueError(f"{meta.path / 'tokenizer.json'} has no {EOS} token")
         name = p.name if p.name not in ("checkpoints",) else p.parent.name
-        served = Servable(model, tokenizer, eos, name, {"path": str(meta.path), "step": meta.step})
+        served = Servable(model, tokenizer, eos, name, {"path": str(meta.path), "step": meta.step},
+                          chat_format(meta.path))
     if quantize is not None:
         if quantize == "gptq":
             raise ValueError("GPTQ needs calibration data: run `llmbook quantize --method gptq` and serve its output")
