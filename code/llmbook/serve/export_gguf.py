@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmbook.eval.models import CausalLM
 from llmbook.fileio import atomic_write
 from llmbook.model import GPT
 from llmbook.serve.quant import QuantLinear
@@ -51,9 +52,10 @@ def gguf_tensors(model: GPT) -> dict[str, np.ndarray]:
     """Every tensor under its GGUF name, float32, in PyTorch's (out, in) layout."""
     c, arch = model.config, architecture(model)
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    out = {"token_embd.weight": sd["wte.weight"], "output_norm.weight": sd["ln_f.weight"]}
-    if not c.tie_weights:
-        out["output.weight"] = sd["lm_head.weight"]
+    # a tied head is written out as its own copy, as llama.cpp's converter does for GPT-2: llama.cpp may store the
+    # output matrix in a repacked layout for fast matrix products, which the embedding lookup cannot read
+    out = {"token_embd.weight": sd["wte.weight"], "output_norm.weight": sd["ln_f.weight"],
+           "output.weight": sd["lm_head.weight"]}
     kinds = ("weight", "bias") if c.bias else ("weight",)
     if arch == "gpt2":
         out["position_embd.weight"] = sd["wpe.weight"]
@@ -165,13 +167,39 @@ def llama_cpp_greedy(path: str | os.PathLike, prompt: list[int], max_tokens: int
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=max(1, torch.get_num_threads()), verbose=False,
-                logits_all=False)
-    llm.reset()
-    llm.eval(prompt)
-    out = []
-    for _ in range(max_tokens):
-        logits = np.asarray(llm.eval_logits[-1])
-        nxt = int(logits.argmax())
-        out.append(nxt)
-        llm.eval([nxt])
-    return out
+                logits_all=True)
+    try:
+        llm.eval(prompt)
+        out = []
+        for _ in range(max_tokens):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            out.append(nxt)
+            llm.eval([nxt])
+        return out
+    finally:
+        llm.close()
+
+
+
+class LlamaCppLM(CausalLM):
+    """A GGUF file run by llama.cpp as an evaluation model, so its perplexity is computed with exactly the windows and
+    the tokenizer used for our own models (@sec-inference-export). Rows are scored one at a time (no padding)."""
+
+    def __init__(self, path: str | os.PathLike, tokenizer: Any, eot_id: int, max_length: int) -> None:
+        from llama_cpp import Llama
+
+        super().__init__(lambda s: tokenizer.encode(s, add_special_tokens=False).ids, tokenizer.decode, eot_id,
+                         max_length, batch_size=1)
+        self.llm = Llama(model_path=str(path), n_ctx=max_length, logits_all=True, verbose=False,
+                         n_threads=max(1, torch.get_num_threads()))
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for row in ids.tolist():
+            self.llm.reset()
+            self.llm.eval(row)
+            rows.append(torch.from_numpy(np.array(self.llm.scores[: len(row)], dtype=np.float32)))
+        return torch.stack(rows)
+
+    def close(self) -> None:
+        self.llm.close()
