@@ -22,7 +22,13 @@ NOTEBOOKS_STRICT := notebooks/costs.ipynb
 NOTEBOOKS_LAX    := $(filter-out $(NOTEBOOKS_STRICT),$(wildcard notebooks/*.ipynb))
 NBVAL := -p no:cacheprovider --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: book test venv notebooks check clean
+# System packages the tests use (Debian/Ubuntu names): Chromium runs the chat page's browser test (@sec-inference-server).
+SYSTEM_PACKAGES := chromium
+# llama.cpp for the GGUF parity tests, compiled by pip for any x86-64 with AVX2 (a build for this machine's newest
+# instructions, such as AMX, crashes where the kernel does not enable them, e.g. in virtual machines).
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: book test venv notebooks check clean sysdeps test-gguf
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -36,9 +42,40 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed-test
 
+# Installs the missing SYSTEM_PACKAGES with apt-get as root or with passwordless sudo; otherwise says what to install
+# (the tests that need them then skip, saying why). Systems without dpkg install them with their own package manager.
+sysdeps:
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; missing=$$(echo $$missing); \
+	if ! command -v apt-get >/dev/null 2>&1; then SUDO=none; \
+	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else SUDO=none; fi; \
+	if [ "$$SUDO" = none ]; then \
+	  echo "make sysdeps: cannot install system packages here; install $$missing with your package manager (tests that need them are skipped)"; \
+	  exit 0; \
+	fi; \
+	echo "make sysdeps: installing $$missing"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	echo "make sysdeps: apt-get could not install $$missing (tests that need them are skipped)"
+
+# GGUF parity with llama.cpp: llama-cpp-python compiles from source (about 10 minutes on 2 cores, once; pip keeps
+# the wheel), so it has its own extra and its own step.
+$(VENV)/.installed-gguf-parity: pyproject.toml $(VENV)/.installed-test
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -q -e ".[gguf-parity]"
+	touch $@
+
+test-gguf: export OMP_NUM_THREADS = 1
+test-gguf: $(VENV)/.installed-gguf-parity
+	$(PY) -m pytest -q tests/test_serve_gguf.py
+
 test: export OMP_NUM_THREADS = 1
-test: $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+test: sysdeps $(VENV)/.installed-test
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests --deselect tests/test_serve_gguf.py
+	$(MAKE) test-gguf
 	$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval $(NOTEBOOKS_STRICT)
 	$(if $(NOTEBOOKS_LAX),$(PY) -m pytest -n 2 --dist loadfile -q $(NBVAL) --nbval-lax $(NOTEBOOKS_LAX))
 
