@@ -124,12 +124,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- distill
 def run_distill(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from llmbook.model import GPT
-    from llmbook.serve.distill import DistillConfig, token_batches, train_student
+    from llmbook.serve.distill import DistillConfig, make_student, token_batches, train_student
     from llmbook.serve.modelio import load_servable, save_model
 
     teacher = load_servable(args.teacher)
@@ -137,12 +132,9 @@ def run_distill(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.teacher} is quantized; distill from the unquantized teacher")
     config = DistillConfig(steps=args.steps, lr=args.lr, temperature=args.temperature, alpha=args.alpha,
                            warmup_steps=min(20, args.steps - 1))
-    student_cfg = dataclasses.replace(teacher.model.config, n_layer=args.n_layer, n_head=args.n_head,
-                                      n_kv_head=None, n_embd=args.n_embd, mlp_hidden=None)
-    torch.manual_seed(args.seed)
-    student = GPT(student_cfg)
+    student = make_student(teacher.model.config, args.n_layer, args.n_head, args.n_embd, seed=args.seed)
     ids = _text_ids(teacher, args.text, args.max_chars)
-    block = min(args.block_size, student_cfg.block_size)
+    block = min(args.block_size, student.config.block_size)
     batches = token_batches(ids, args.batch_size, block, seed=args.seed)
     history = train_student(student, batches, config, teacher=teacher.model if args.alpha > 0 else None)
     save_model(student, teacher.tokenizer, args.out, chat=teacher.chat,

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llmbook.model import GPT
+from llmbook.model import GPT, GPTConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class DistillConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def make_student(teacher: GPTConfig, n_layer: int, n_head: int, n_embd: int, seed: int = 0) -> GPT:
+    """A smaller GPT with the teacher's vocabulary, context and block design, freshly initialised from `seed`."""
+    config = dataclasses.replace(teacher, n_layer=n_layer, n_head=n_head, n_kv_head=None, n_embd=n_embd,
+                                 mlp_hidden=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(config)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, temperature: float = 2.0,
