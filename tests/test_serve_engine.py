@@ -87,6 +87,16 @@ def test_text_stream_releases_a_false_stop_prefix():
     assert out + stream.finish() == "ENTER" and not stream.stopped
 
 
+def test_incremental_decoding_equals_decoding_everything(model_tok):
+    _, tok = model_tok
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ids = torch.randint(0, tok.get_vocab_size(), (int(torch.randint(1, 60, (1,), generator=gen)),),
+                            generator=gen).tolist()
+        stream = TextStream(tok.decode)
+        assert "".join(stream.push(i) for i in ids) + stream.finish() == tok.decode(ids)
+
+
 def test_text_stream_rejects_empty_stop_strings():
     with pytest.raises(ValueError, match="stop"):
         TextStream(_decode_bytes, stop=[""])
@@ -123,6 +133,22 @@ def test_every_request_in_a_running_batch_equals_the_request_served_alone(model_
     assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
     assert [b.finish_reason for b in batched] == [a.finish_reason for a in alone]
     assert all(len(b.token_ids) <= q.max_tokens for b, q in zip(batched, params))
+
+
+def test_sampled_tokens_follow_the_models_distribution(model_tok):
+    model, tok = model_tok
+    prompt = tok.encode("the cat sat on").ids
+    with torch.no_grad():
+        p = torch.softmax(model(torch.tensor([prompt]))[0][0, -1] / 0.7, -1)
+    n = 1500
+    out = _engine(model_tok, 32).generate([prompt] * n, [SamplingParams(max_tokens=1, temperature=0.7, seed=i)
+                                                         for i in range(n)])
+    counts = torch.bincount(torch.tensor([c.token_ids[0] if c.token_ids else tok.token_to_id("<|endoftext|>")
+                                          for c in out]), minlength=p.numel()).float()
+    assert (counts / n - p).abs().sum() / 2 < 0.05  # total variation distance
+    top = _engine(model_tok, 4).generate([prompt] * 20, [SamplingParams(max_tokens=1, temperature=1.5, top_k=1, seed=i)
+                                                         for i in range(20)])
+    assert {tuple(c.token_ids) for c in top} == {(int(p.argmax()),)}
 
 
 def test_stop_strings_and_length_finish_reasons(model_tok):

@@ -84,24 +84,46 @@ def test_gptq_needs_calibration():
         quantize_model(model, QuantConfig("gptq", 16))
 
 
-@pytest.mark.parametrize("method", ["int8", "int8-zp", "int4", "gptq"])
-def test_quantized_folder_round_trip_gives_identical_logits(method, tmp_path):
+@pytest.mark.parametrize("method,bits", [("int8", 4), ("int8-zp", 4), ("int4", 4), ("gptq", 4), ("int4", 2),
+                                         ("gptq", 3)])
+def test_quantized_folder_round_trip_gives_identical_logits(method, bits, tmp_path):
     model, tok = trained()
     calibration = torch.randint(0, tok.get_vocab_size(), (4, 32))
-    config = QuantConfig(method, 16)
+    config = QuantConfig(method, 16, bits)
     quantize_model(model, config, calibration)
     save_model(model, tok, tmp_path / "q", quant=config)
     loaded = load_folder(tmp_path / "q")
     x = torch.randint(0, tok.get_vocab_size(), (2, 20))
     with torch.no_grad():
         assert torch.equal(model(x)[0], loaded.model(x)[0])
-    assert loaded.info["quantization"]["method"] == method
+    assert loaded.info["quantization"]["method"] == method and loaded.info["quantization"]["bits"] == config.bits
 
 
 @pytest.mark.parametrize("bad", ["int3", "int8-zz", ""])
 def test_quant_config_rejects_unknown_methods(bad):
     with pytest.raises(ValueError, match="not one of"):
         QuantConfig(bad)
+    for bits in (1, 5, 8):
+        with pytest.raises(ValueError, match="weight_bits"):
+            QuantConfig("int4", weight_bits=bits)
+    with pytest.raises(ValueError, match="weight_bits"):
+        QuantConfig("int8", weight_bits=2)
+
+
+def test_fewer_bits_give_larger_errors_and_gptq_helps_most_at_two_bits():
+    torch.manual_seed(0)
+    w = torch.randn(32, 64)
+    x = torch.randn(512, 64) @ torch.randn(64, 64)
+    errors = {}
+    for bits in (4, 3, 2):
+        q, scale, zero = gptq_quantize(w, x.T @ x, bits=bits, group_size=16)
+        assert q.max() <= 2**bits - 1
+        gptq = ((q.float().reshape(32, -1, 16) - zero[..., None]) * scale[..., None]).reshape(32, 64)
+        rq, rs, rz = zeropoint_quantize(w, bits, 16)
+        rtn = ((rq.float().reshape(32, -1, 16) - rz[..., None]) * rs[..., None]).reshape(32, 64)
+        errors[bits] = (((x @ (w - gptq).T) ** 2).sum().item(), ((x @ (w - rtn).T) ** 2).sum().item())
+    assert errors[2][1] > errors[3][1] > errors[4][1]
+    assert all(g < r for g, r in errors.values())
 
 
 # ---------------------------------------------------------------------------------------- hostile folders
@@ -131,6 +153,8 @@ def _edit_spec(folder, **changes):
     (dict(model__unknown=1), "unknown GPTConfig field"),
     (dict(quantization__method="int3"), "quantization.method"),
     (dict(quantization__group_size=-4), "quantization.group_size"),
+    (dict(quantization__bits=8), "quantization.bits"),
+    (dict(quantization__bits="4"), "quantization.bits"),
     (dict(quantization__layers="all"), "quantization.layers"),
     (dict(quantization__layers=["blocks.0.nothing"]), "not a linear layer"),
     (dict(weights__file="../model.safetensors"), "weights.file"),

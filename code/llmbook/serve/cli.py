@@ -87,7 +87,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from llmbook.serve.modelio import load_servable, save_model
     from llmbook.serve.quant import QuantConfig, quantize_model, weight_bytes
 
-    config = QuantConfig(args.method, args.group_size)
+    config = QuantConfig(args.method, args.group_size, args.bits)
     served = load_servable(args.checkpoint)
     before = weight_bytes(served.model)
     calibration = None
@@ -101,7 +101,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     quantize_model(served.model, config, calibration)
     save_model(served.model, served.tokenizer, args.out, quant=config, chat=served.chat,
                source={"checkpoint": str(args.checkpoint), "command": "quantize"})
-    print(json.dumps({"out": args.out, "method": args.method, "group_size": config.groups,
+    print(json.dumps({"out": args.out, "method": args.method, "bits": config.bits, "group_size": config.groups,
                       "bytes_before": before, "bytes_after": weight_bytes(served.model)}))
     return 0
 
@@ -175,6 +175,8 @@ def add_parser(subparsers) -> None:
     q.add_argument("--checkpoint", required=True, help="training run, checkpoint, or folder with model.json")
     q.add_argument("--method", choices=METHODS, default="int8", help="quantization scheme (default int8)")
     q.add_argument("--group-size", type=_positive_int, default=64, help=GROUP_HELP)
+    q.add_argument("--bits", type=int, choices=[2, 3, 4], default=4,
+                   help="bits per weight for int4 and gptq (stored in 4-bit containers; default 4)")
     q.add_argument("--calibration", help="GPTQ calibration text file (default: the TinyStories training sample)")
     q.add_argument("--calibration-tokens", type=_positive_int, default=4096,
                    help="GPTQ calibration tokens (default 4096)")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from llmbook.model import GPT
-from llmbook.model.model import GREEDY_BELOW, sample
+from llmbook.model.model import GREEDY_BELOW, truncate_logits
 from llmbook.serve.kvcache import SlotKVCache, forward_slots
 from llmbook.serve.text import TextStream
 
@@ -190,17 +190,26 @@ class Engine:
         return [ev for _, ev in events]
 
     def _sample(self, logits: Tensor, reqs: list[_Request]) -> list[int]:
-        """Each row with its own request's settings and generator (greedy rows share one argmax)."""
-        greedy = logits.argmax(dim=-1).tolist()
-        out = []
-        for i, req in enumerate(reqs):
-            p = req.params
-            if p.temperature < GREEDY_BELOW:
-                out.append(greedy[i])
-            else:
-                out.append(int(sample(logits[i: i + 1], p.temperature, p.top_k, p.top_p if p.top_p < 1 else None,
-                                      req.generator)[0]))
-        return out
+        """One token per row, each with its own request's settings and generator, in one batched draw.
+
+        Each sampled row draws one uniform number u from its request's generator and takes the first token whose
+        cumulative probability exceeds u (inverse-CDF sampling): the same tokens whatever else is in the batch.
+        """
+        out = logits.argmax(dim=-1)
+        rows = [i for i, r in enumerate(reqs) if r.params.temperature >= GREEDY_BELOW]
+        if rows:
+            index = torch.tensor(rows, device=logits.device)
+            temps = torch.tensor([reqs[i].params.temperature for i in rows], device=logits.device)[:, None]
+            scaled = logits[index].float() / temps
+            for j, i in enumerate(rows):  # truncation only for the rows that ask for it
+                p = reqs[i].params
+                if p.top_k is not None or p.top_p < 1:
+                    scaled[j] = truncate_logits(scaled[j: j + 1], p.top_k, p.top_p if p.top_p < 1 else None)[0]
+            cdf = scaled.softmax(dim=-1).cumsum(dim=-1)
+            u = torch.stack([torch.rand((), generator=reqs[i].generator, device=self.device) for i in rows])
+            pick = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True)[:, 0]
+            out[index] = pick.clamp(max=logits.shape[-1] - 1)
+        return out.tolist()
 
     def _advance(self, req: _Request, token: int, events: list[tuple[_Request, Event]]) -> None:
         req.out.append(token)

@@ -77,8 +77,8 @@ def save_model(model: GPT, tokenizer: Any, out_dir: str | os.PathLike, source: d
             chat.save(tmp)
         spec = {
             "format": FORMAT, "version": VERSION, "model": model.config.to_dict(),
-            "quantization": None if quant is None else {"method": quant.method, "group_size": quant.groups,
-                                                        "layers": layers},
+            "quantization": None if quant is None else {"method": quant.method, "bits": quant.bits,
+                                                        "group_size": quant.groups, "layers": layers},
             "tokenizer": "tokenizer.json", "eos_token": EOS,
             "weights": {"file": "model.safetensors", "bytes": (tmp / "model.safetensors").stat().st_size,
                         "sha256": file_sha256(tmp / "model.safetensors")},
@@ -143,6 +143,9 @@ def read_spec(folder: str | os.PathLike) -> dict[str, Any]:
         if method.startswith("int8") and group is not None or not method.startswith("int8") and (
                 not isinstance(group, int) or isinstance(group, bool) or group <= 0 or group % 2):
             raise ValueError(f"{where}: field 'quantization.group_size' is {group!r}, invalid for method {method!r}")
+        bits = quant.get("bits")
+        if bits not in ((8,) if method.startswith("int8") else (2, 3, 4)) or isinstance(bits, bool):
+            raise ValueError(f"{where}: field 'quantization.bits' is {bits!r}, invalid for method {method!r}")
         layers = quant.get("layers")
         if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
             raise ValueError(f"{where}: field 'quantization.layers' must be a list of layer names, got {layers!r}")
@@ -157,7 +160,7 @@ def _check_quantized(model: GPT, where: str) -> None:
         if not torch.isfinite(layer.scale).all() or (layer.scale <= 0).any():
             raise ValueError(f"{where}: tensor {name}.scale has non-finite or non-positive values")
         if hasattr(layer, "zero"):
-            top = 255 if layer.method == "int8-zp" else 15
+            top = 2**layer.bits - 1
             if not torch.isfinite(layer.zero).all() or (layer.zero < 0).any() or (layer.zero > top).any() \
                     or (layer.zero != layer.zero.round()).any():
                 raise ValueError(f"{where}: tensor {name}.zero has values outside the integers 0..{top}")
@@ -181,14 +184,14 @@ def load_folder(folder: str | os.PathLike, device: str = "cpu") -> Servable:
         model = GPT(GPTConfig.from_dict(spec["model"], source=f"{folder / SPEC} field 'model'"))
     quant = spec["quantization"]
     if quant is not None:
-        config = QuantConfig(quant["method"], quant["group_size"] or 64)
+        config = QuantConfig(quant["method"], quant["group_size"] or 64, 4 if quant["bits"] == 8 else quant["bits"])
         known = dict(_linears(model, ()))
         for name in quant["layers"]:
             if name not in known:
                 raise ValueError(f"{folder / SPEC}: field 'quantization.layers' names {name!r}, not a linear layer")
             lin = known[name]
             _replace(model, name, QuantLinear(lin.in_features, lin.out_features, config.method, config.groups,
-                                              lin.bias is not None))
+                                              lin.bias is not None, config.bits))
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
@@ -253,6 +256,7 @@ def load_servable(path: str | os.PathLike, device: str = "cpu", quantize: str | 
             raise ValueError("GPTQ needs calibration data: run `llmbook quantize --method gptq` and serve its output")
         if served.info.get("quantization"):
             raise ValueError(f"{p} is already quantized ({served.info['quantization']['method']})")
-        quantize_model(served.model, QuantConfig(quantize, group_size))
-        served.info["quantization"] = {"method": quantize, "group_size": QuantConfig(quantize, group_size).groups}
+        config = QuantConfig(quantize, group_size)
+        quantize_model(served.model, config)
+        served.info["quantization"] = {"method": quantize, "bits": config.bits, "group_size": config.groups}
     return served

@@ -31,6 +31,7 @@ class QuantConfig:
 
     method: str = "int8"
     group_size: int = 64  # input columns sharing one scale and zero (int4 and gptq)
+    weight_bits: int = 4  # int4 and gptq: 4, or 3 or 2 levels' worth stored in the same 4-bit container
     damp: float = 0.01  # GPTQ: fraction of the mean Hessian diagonal added to its diagonal
     block_size: int = 128  # GPTQ: columns updated together before the lazy batch update
 
@@ -41,12 +42,14 @@ class QuantConfig:
             raise ValueError(f"group_size must be a positive even integer, got {self.group_size!r}")
         if not 0 < self.damp < 1:
             raise ValueError(f"damp must be in (0, 1), got {self.damp!r}")
+        if self.weight_bits not in (2, 3, 4) or self.method.startswith("int8") and self.weight_bits != 4:
+            raise ValueError(f"weight_bits must be 2, 3 or 4 (int4 and gptq only), got {self.weight_bits!r}")
         if self.block_size % self.group_size and self.group_size % self.block_size:
             raise ValueError(f"block_size={self.block_size} and group_size={self.group_size}: one must divide the other")
 
     @property
     def bits(self) -> int:
-        return 8 if self.method.startswith("int8") else 4
+        return 8 if self.method.startswith("int8") else self.weight_bits
 
     @property
     def groups(self) -> int | None:
@@ -109,9 +112,10 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, method: str, group_size: int | None,
-                 bias: bool) -> None:
+                 bias: bool, bits: int | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.method, self.group_size = in_features, out_features, method, group_size
+        self.bits = bits or (8 if method.startswith("int8") else 4)
         n_groups = 1 if group_size is None else in_features // group_size
         if method == "int8":
             self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -128,7 +132,8 @@ class QuantLinear(nn.Module):
                     quantized: tuple[Tensor, Tensor, Tensor] | None = None) -> "QuantLinear":
         """Quantize `linear` by round to nearest, or store GPTQ's `quantized` (q, scale, zero) as they are."""
         w = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, config.method, config.groups, linear.bias is not None)
+        layer = cls(linear.in_features, linear.out_features, config.method, config.groups, linear.bias is not None,
+                    config.bits)
         if config.method == "int8":
             layer.qweight, layer.scale = absmax_quantize(w, 8)
         else:
@@ -158,7 +163,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+                f"bits={self.bits}, group_size={self.group_size}, bias={self.bias is not None}")
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers()) + (
