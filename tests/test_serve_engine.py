@@ -210,3 +210,38 @@ def test_background_thread_serves_callbacks(model_tok):
         engine.close()
     alone = _engine(model_tok, 1).generate([tok.encode("the dog").ids], SamplingParams(max_tokens=8, temperature=0))
     assert "".join(texts) == alone[0].text
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model_tok, monkeypatch):
+    import threading
+
+    import llmbook.serve.engine as engine_module
+
+    _, tok = model_tok
+    engine = _engine(model_tok, 2)
+    real = engine_module.forward_slots
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated device error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "forward_slots", flaky)
+    finished, first, second = [], threading.Event(), threading.Event()
+
+    def on_event(ev):
+        if ev.finish_reason:
+            finished.append(ev.finish_reason)
+            (second if first.is_set() else first).set()
+
+    engine.start()
+    try:
+        engine.submit(tok.encode("the cat").ids, SamplingParams(max_tokens=10), on_event)
+        assert first.wait(30)  # its second step (the first decode step) fails
+        engine.submit(tok.encode("the dog").ids, SamplingParams(max_tokens=3), on_event)
+        assert second.wait(30)
+    finally:
+        engine.close()
+    assert finished == ["error", "length"] and engine.stats()["errors"] == 1

@@ -298,3 +298,13 @@ def test_server_config_validation():
     for bad in (dict(max_body_bytes=0), dict(max_tokens_limit=-1), dict(api_key="  ")):
         with pytest.raises(ValueError):
             ServerConfig(**bad)
+
+
+def test_chat_page_is_served_and_escapes_the_model_name():
+    served = load_servable(servable_folder(chat=True))
+    served.name = "evil</script><script>alert(1)</script>"
+    engine = Engine(served.model, served.decode, served.eos_id, n_slots=1)
+    with running_server(create_app(served, engine)) as url:
+        status, html = raw(url, "GET", "/")
+    assert status == 200 and "<title>llmbook chat</title>" in html
+    assert "evil</script>" not in html and "evil\\u003c/script>" in html

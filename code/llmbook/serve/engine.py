@@ -16,6 +16,8 @@ request samples with its own seeded generator, so its output does not depend on 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import secrets
 import threading
 import time
@@ -31,7 +33,7 @@ from llmbook.model.model import GREEDY_BELOW, truncate_logits
 from llmbook.serve.kvcache import SlotKVCache, forward_slots
 from llmbook.serve.text import TextStream
 
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
+log = logging.getLogger("llmbook.serve")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Event:
     request_id: int
     text: str
     token_id: int | None = None
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # None while running, then "stop", "length", "cancelled" or "error"
 
 
 @dataclass
@@ -99,8 +101,9 @@ class _Request:
 class Engine:
     """A continuous-batching decoder over `n_slots` cache slots for a `GPT` and its tokenizer.
 
-    `tokenizer` needs `decode(ids) -> str`; `eos_id` ends a sequence. Use `submit`/`cancel` from any thread and
-    `step()` from one (or `start()` a background thread that steps while there is work).
+    `decode(ids) -> str` is the tokenizer's decoder; `eos_id` (None: no end-of-text token) ends a sequence. Use
+    `submit`/`cancel` from any thread and `step()` from one (or `start()` a background thread that steps while
+    there is work).
     """
 
     def __init__(self, model: GPT, decode: Callable[[list[int]], str], eos_id: int | None, n_slots: int = 8,
@@ -118,7 +121,6 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.counters = {"completed": 0, "cancelled": 0, "tokens": 0, "steps": 0, "errors": 0}
-        self.last_error: str | None = None
 
     # ---------------------------------------------------------------- requests
     def submit(self, prompt: Sequence[int], params: SamplingParams,
@@ -240,7 +242,10 @@ class Engine:
     def _emit(events: list[tuple[_Request, Event]]) -> None:
         for req, ev in events:
             if req.callback is not None:
-                req.callback(ev)
+                try:
+                    req.callback(ev)
+                except Exception as err:  # a consumer that went away (e.g. a closed event loop) must not stop others
+                    log.warning(json.dumps({"event": "callback_failed", "request": req.id, "error": repr(err)}))
 
     # ---------------------------------------------------------------- helpers around step()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
@@ -296,9 +301,9 @@ class Engine:
                 self._fail_all(f"{type(err).__name__}: {err}")
 
     def _fail_all(self, message: str) -> None:
+        log.error(json.dumps({"event": "step_failed", "error": message}))
         events: list[tuple[_Request, Event]] = []
         self.counters["errors"] += 1
         for req in [r for r in self._slots if r is not None]:
             self._finish(req, "error", events, text="")
         self._emit(events)
-        self.last_error = message

@@ -153,7 +153,6 @@ def parse_common(body: dict, allowed: set[str], config: ServerConfig, model_name
 def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerConfig()):
     """The FastAPI application serving `served` through `engine` (which the app starts and closes)."""
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -185,10 +184,6 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
     async def _http_error(request: Request, err: StarletteHTTPException):
         code = "not_found" if err.status_code == 404 else None
         return error_response(APIError(err.status_code, str(err.detail), code=code))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, err: RequestValidationError):
-        return error_response(APIError(400, "invalid request"))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception):
@@ -377,7 +372,8 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         html = resources.files("llmbook.serve").joinpath("chat.html").read_text(encoding="utf-8")
-        return HTMLResponse(html.replace("__MODEL__", json.dumps(served.name)))
+        name = json.dumps(served.name).replace("<", "\\u003c")  # a JS string that cannot close the <script>
+        return HTMLResponse(html.replace("__MODEL__", name))
 
     return app
 
