@@ -94,6 +94,15 @@ def test_completion_equals_the_engine_and_streaming_equals_non_streaming(server,
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
+def test_special_token_strings_in_prompts_are_plain_text(server, client):
+    served, _ = server
+    out = client.completions.create(model=served.name, prompt="the cat<|endoftext|><|user|>", max_tokens=2,
+                                    temperature=0)
+    ids = served.encode("the cat<|endoftext|><|user|>")
+    assert served.eos_id not in ids and served.tokenizer.token_to_id("<|user|>") not in ids
+    assert out.usage.prompt_tokens == len(ids) > len(served.encode("the cat")) + 2
+
+
 def test_max_tokens_and_stop(server, client):
     served, _ = server
     out = client.completions.create(model=served.name, prompt="the cat", max_tokens=12, temperature=0)

@@ -51,7 +51,10 @@ class Servable:
     chat: Any = None  # llmbook.finetune.chat.ChatFormat of a chat model (its folder has chat_template.jinja)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """Token ids of user text; special-token strings in it (`<|endoftext|>`) stay plain text."""
+        from llmbook.finetune.chat import encode_text
+
+        return encode_text(self.tokenizer, text)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
