@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     text_ids = served.encode(registry.fetch("tinystories/tinystories_train_sample.txt").read_text(encoding="utf-8"))
     train_student(draft, token_batches(text_ids, 16, 128, seed=0),
                   DistillConfig(steps=args.student_steps, warmup_steps=args.student_steps // 10, alpha=0.9,
-                                temperature=2.0), teacher=model)
+                                temperature=1.0), teacher=model)
     spec, plain_s, spec_s = [], 0.0, 0.0
     for p in PROMPTS:
         ids_p = served.encode(p)

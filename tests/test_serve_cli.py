@@ -145,3 +145,12 @@ def test_llmbook_serve_runs_as_a_process(tmp_path):
             _, err = proc.communicate()
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(r["record"].get("event") == "generation" and r["record"]["tokens"] >= 1 for r in records)
+
+
+def test_missing_optional_packages_are_named(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve", "--checkpoint", str(servable_folder())]) == 2
+    assert "pip install 'llmbook[serve]'" in capsys.readouterr().err

@@ -50,7 +50,19 @@ def _text_ids(served, path: str | None, limit_chars: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------ serve
+def require_package(module: str, extra: str) -> None:
+    """One-line error naming the extra to install when an optional dependency is missing."""
+    import importlib.util
+
+    from llmbook.cli import CLIError
+
+    if importlib.util.find_spec(module) is None:
+        raise CLIError(f"this command needs the '{module}' package: pip install 'llmbook[{extra}]'")
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    require_package("fastapi", "serve")
+    require_package("uvicorn", "serve")
     import uvicorn
 
     from llmbook.serve.engine import Engine
@@ -205,9 +217,9 @@ def add_parser(subparsers) -> None:
     d.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per step (default 16)")
     d.add_argument("--block-size", type=_positive_int, default=128, help="tokens per sequence (default 128)")
     d.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    d.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets (default 2)")
-    d.add_argument("--alpha", type=float, default=0.5,
-                   help="weight of the distillation term; 0 trains without the teacher (default 0.5)")
+    d.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft targets (default 1)")
+    d.add_argument("--alpha", type=float, default=0.9,
+                   help="weight of the distillation term; 0 trains without the teacher (default 0.9)")
     d.add_argument("--text", help="training text file (default: the TinyStories training sample)")
     d.add_argument("--max-chars", type=_positive_int, default=2_000_000, help="characters of text to use")
     d.add_argument("--seed", type=int, default=0, help="seed of the student's init and batch order (default 0)")

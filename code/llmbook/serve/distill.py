@@ -34,8 +34,8 @@ class DistillConfig:
     lr: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.1
-    temperature: float = 2.0
-    alpha: float = 0.5
+    temperature: float = 1.0
+    alpha: float = 0.9
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
@@ -61,8 +61,8 @@ def make_student(teacher: GPTConfig, n_layer: int, n_head: int, n_embd: int, see
         return GPT(config)
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, temperature: float = 2.0,
-                      alpha: float = 0.5) -> tuple[Tensor, dict[str, float]]:
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, temperature: float = 1.0,
+                      alpha: float = 0.9) -> tuple[Tensor, dict[str, float]]:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE, averaged over tokens; also returns both terms."""
     v = student_logits.shape[-1]
     s = student_logits.float().reshape(-1, v)

@@ -27,6 +27,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         if args.format == "gguf":
+            from llmbook.serve.cli import require_package
+
+            require_package("gguf", "gguf-parity")
             from llmbook.serve.export_gguf import export_gguf
             from llmbook.serve.modelio import load_servable
 
