@@ -9,6 +9,7 @@ import torch
 from serve_fixtures import trained
 
 from llmbook.model import GPT, GPTConfig
+from llmbook.serve import speculative
 from llmbook.serve.speculative import speculative_generate
 
 
@@ -30,6 +31,13 @@ def test_greedy_speculative_output_equals_the_targets_greedy_output(models, k):
         assert out == ref
         assert stats.new_tokens == 30 and 0 <= stats.accepted <= stats.proposed
         assert stats.target_passes <= 30
+
+
+def test_the_plain_baseline_equals_greedy_generate(models):
+    target, _, tok = models
+    prompt = tok.encode("the cat").ids
+    ref = target.generate(torch.tensor([prompt]), 20, temperature=0)[0, len(prompt):].tolist()
+    assert speculative.autoregressive_generate(target, prompt, 20) == ref
 
 
 def test_a_perfect_draft_is_always_accepted(models):

@@ -133,3 +133,16 @@ def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tok
     out = tokens[len(prompt): limit]
     stats.new_tokens = len(out)
     return out, stats
+
+
+@torch.no_grad()
+def autoregressive_generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
+                            generator: torch.Generator | None = None) -> list[int]:
+    """Plain decoding, one target pass per token, on the same slot cache: the baseline speculative decoding beats."""
+    runner = _Runner(model.eval(), len(prompt) + max_new_tokens)
+    tokens = list(prompt)
+    while len(tokens) < len(prompt) + max_new_tokens:
+        logits = runner.feed(tokens)[-1]
+        tokens.append(int(logits.argmax()) if temperature < GREEDY_BELOW else
+                      int(torch.multinomial(_probs(logits, temperature), 1, generator=generator)))
+    return tokens[len(prompt):]
