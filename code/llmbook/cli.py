@@ -16,10 +16,9 @@ COMMANDS: dict[str, str] = {
     "export": "llmbook.train.export",
     "eval": "llmbook.eval.cli",
     "explore": "llmbook.explore.cli",
-
-
     "finetune": "llmbook.finetune.cli",
     "chat": "llmbook.finetune.interactive",
+    "serve": "llmbook.serve.cli",
 }
 
 
