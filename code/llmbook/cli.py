@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "explore": "llmbook.explore.cli",
     "finetune": "llmbook.finetune.cli",
     "chat": "llmbook.finetune.interactive",
+    "serve": "llmbook.serve.cli",
     "rag": "llmbook.apps.cli",
     "card": "llmbook.apps.card",
 }

@@ -1,4 +1,5 @@
-"""`llmbook export`: consolidate a (possibly sharded) checkpoint and write a Hugging Face model folder (@sec-scale-checkpoint)."""
+"""`llmbook export`: consolidate a (possibly sharded) checkpoint and write a Hugging Face model folder (@sec-scale-checkpoint),
+or one GGUF file for llama.cpp (`--format gguf`, @sec-inference-export)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def run_export(args: argparse.Namespace) -> int:
     from llmbook.cli import CLIError
 
     try:
+        if args.format == "gguf":
+            from llmbook.serve.cli import require_package
+
+            require_package("gguf", "gguf-parity")
+            from llmbook.serve.export_gguf import export_gguf
+            from llmbook.serve.modelio import load_servable
+
+            served = load_servable(args.checkpoint)
+            out = export_gguf(served.model, served.tokenizer, args.out, dtype=args.dtype, name=served.name)
+            print(f"exported {served.name} to {out} ({args.dtype})")
+            return 0
+        if args.dtype != "f32":
+            raise CLIError("--dtype applies to --format gguf only (the Hugging Face export keeps the model's dtype)")
         print(export(args.checkpoint, args.out, trust_sharded=args.trust_sharded))
         return 0
     except ckpt.CheckpointError as err:  # e.g. a sharded checkpoint without --trust-sharded: one line, exit 2
@@ -67,8 +81,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Register `llmbook export`."""
-    parser = subparsers.add_parser("export", help="export a checkpoint as a Hugging Face model folder")
-    parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint")
-    parser.add_argument("--out", required=True, help="output folder for config.json, model.safetensors, tokenizer")
+    parser = subparsers.add_parser("export", help="export a checkpoint as a Hugging Face model folder or a GGUF file")
+    parser.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder, or one checkpoint "
+                        "(gguf: also a folder written by llmbook prune or distill)")
+    parser.add_argument("--out", required=True, help="hf: output folder for config.json, model.safetensors, "
+                        "tokenizer (loads with transformers, vLLM, TGI); gguf: the output .gguf file (llama.cpp)")
+    parser.add_argument("--format", choices=["hf", "gguf"], default="hf", help="output format (default hf)")
+    parser.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32",
+                        help="gguf weight type: f32, f16, or llama.cpp's 8-bit Q8_0 blocks (default f32)")
     add_trust_flag(parser)
     parser.set_defaults(func=run_export)
