@@ -10,7 +10,7 @@ source and whether the cited source supports it.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +84,7 @@ def sources_block(passages: Sequence[Passage]) -> str:
 
 
 def augment_messages(messages: Sequence[dict], passages: Sequence[Passage],
-                     instruction: str = INSTRUCTION) -> list[dict]:
+                     instruction: str | None = None) -> list[dict]:
     """A chat conversation with retrieved sources: a system message holding the instruction and the numbered
     sources goes first (after the caller's own system message, if any), the user's turns are unchanged.
 
@@ -93,9 +93,20 @@ def augment_messages(messages: Sequence[dict], passages: Sequence[Passage],
     """
     if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
         raise ValueError("messages must be a non-empty list of {'role', 'content'} objects")
-    system = {"role": "system", "content": f"{instruction}\n\nSources:\n\n{sources_block(passages)}"}
+    system = {"role": "system", "content": f"{instruction or INSTRUCTION}\n\nSources:\n\n{sources_block(passages)}"}
     lead = 1 if messages[0].get("role") == "system" else 0
     return [*messages[:lead], system, *messages[lead:]]
+
+
+def fit_sources(messages: Sequence[dict], passages: Sequence[Passage], length: Callable[[list[dict]], int],
+                budget: int) -> tuple[list[dict], list[Passage]]:
+    """The conversation with as many passages (best first) as keep `length(messages)` (its encoded tokens)
+    within `budget`; the least relevant are dropped first, and with none fitting it is returned unchanged."""
+    for n in range(len(passages), 0, -1):
+        augmented = augment_messages(messages, passages[:n])
+        if length(augmented) <= budget:
+            return augmented, list(passages[:n])
+    return list(messages), []
 
 
 def last_user_message(messages: Sequence[dict]) -> str:
