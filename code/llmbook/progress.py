@@ -8,13 +8,10 @@ from typing import Any
 
 
 def progress_bar(iterable: Iterable | None = None, progress: bool = True, **kwargs: Any) -> Any:
-    """A tqdm bar that `TQDM_DISABLE=1` can silence (passing `disable=False` would override the variable).
-
-    The variable is applied here as well: in Jupyter with ipywidgets, `tqdm.auto` gives the notebook bar, whose
-    constructor sets `disable=False` unless told otherwise and so ignores the variable.
-    """
+    """A tqdm bar that `TQDM_DISABLE=1` silences, read when the bar is made: tqdm reads
+    the variable only on import, and Jupyter's bar (`tqdm.notebook`) ignores it."""
     from tqdm.auto import tqdm
 
-    if not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
-        kwargs["disable"] = True
-    return tqdm(iterable, **kwargs)
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    off = {"disable": True} if quiet or not progress else {}
+    return tqdm(iterable, **kwargs, **off)
