@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "finetune": "llmbook.finetune.cli",
     "chat": "llmbook.finetune.interactive",
     "serve": "llmbook.serve.cli",
+    "rag": "llmbook.apps.cli",
+    "card": "llmbook.apps.card",
 }
 
 

@@ -257,6 +257,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """The final-norm hidden states (B, T, n_embd) for token ids idx: the features a bi-encoder pools
+        into a sentence embedding (@sec-applications-dense)."""
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        self._check_positions(idx.shape[1] - 1)
+        return self._trunk(idx, torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1))
+
     @torch.no_grad()
     def attention_weights(self, idx: Tensor) -> list[Tensor]:
         """The attention probabilities (B, H, T, T) of every layer for token ids idx, computed with the naive kernel."""

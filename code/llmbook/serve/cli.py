@@ -77,7 +77,17 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key = key_file.read_text(encoding="utf-8").strip()
         if not api_key:
             raise ValueError(f"--api-key-file {key_file} is empty")
+    rag = None
+    if args.rag_index:  # checked before the model loads
+        from llmbook.apps.store import load_index
+
+        rag = load_index(args.rag_index)
     served = load_servable(args.checkpoint, device=args.device, quantize=args.quantize, group_size=args.group_size)
+    if rag is not None and served.chat is None:
+        from llmbook.cli import CLIError
+
+        raise CLIError(f"--rag-index needs a chat model (a folder with chat_template.jinja); {args.checkpoint} is a "
+                       "base model")
     if args.name:
         served.name = args.name
     config = ServerConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
@@ -86,9 +96,10 @@ def run_serve(args: argparse.Namespace) -> int:
     json_logging()
     print(json.dumps({"event": "serving", "model": served.name, "url": f"http://{args.host}:{args.port}",
                       "slots": args.slots, "quantization": served.info.get("quantization"),
-                      "chat": served.chat is not None, "auth": api_key is not None}), flush=True)
-    uvicorn.run(create_app(served, engine, config), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+                      "chat": served.chat is not None, "auth": api_key is not None,
+                      "rag": None if rag is None else str(args.rag_index)}), flush=True)
+    uvicorn.run(create_app(served, engine, config, rag=rag, rag_k=args.rag_k), host=args.host, port=args.port,
+                log_level="warning", access_log=False)
     return 0
 
 
@@ -179,6 +190,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--default-max-tokens", type=_positive_int, default=64,
                    help="max_tokens of a completions request that gives none (default 64)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--rag-index", help="retrieve from this `llmbook rag index` file before every chat answer")
+    p.add_argument("--rag-k", type=_positive_int, default=3, help="passages retrieved per answer, as many as fit (default 3)")
     p.set_defaults(func=run_serve)
 
     q = subparsers.add_parser("quantize", help="weight-only quantization of a model's linear layers",

@@ -150,8 +150,13 @@ def parse_common(body: dict, allowed: set[str], config: ServerConfig, model_name
     return params, stream, bool(options.get("include_usage", False))
 
 
-def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerConfig()):
-    """The FastAPI application serving `served` through `engine` (which the app starts and closes)."""
+def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerConfig(), rag=None, rag_k: int = 3):
+    """The FastAPI application serving `served` through `engine` (which the app starts and closes).
+
+    With `rag` (a `llmbook.apps.store.RagIndex`) the chat endpoint retrieves before answering: it searches with
+    the last user message, screens out passages that look like prompt injections, and gives the model as many
+    of the best `rag_k` passages as fit its context, as numbered sources in a system message; the response
+    names them in an extra `sources` field (@sec-applications-assistant)."""
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -256,7 +261,8 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
                                  "finish_reason": reason, "ttft_ms": None if first is None else round(1000 * first, 2),
                                  "ms": round(1000 * (time.perf_counter() - start), 2)}))
 
-    def generation(prompt_ids: list[int], params: SamplingParams, kind: str, include_usage: bool, stream: bool):
+    def generation(prompt_ids: list[int], params: SamplingParams, kind: str, include_usage: bool, stream: bool,
+                   extra: dict | None = None):
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if kind == "chat" else "text_completion"
         stamp = int(time.time())
@@ -284,7 +290,7 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
                         reason = finish_reason(ev)
                 return JSONResponse({"id": rid, "object": obj, "created": stamp, "model": served.name,
                                      "choices": [choice("".join(text), reason, False)],
-                                     "usage": usage(len(prompt_ids), n)})
+                                     "usage": usage(len(prompt_ids), n), **(extra or {})})
             return collect()
 
         async def sse() -> AsyncIterator[str]:
@@ -298,7 +304,7 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
 
             if kind == "chat":
                 yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                              "finish_reason": None}])
+                              "finish_reason": None}], extra)
             async for ev in events:
                 n += ev.token_id is not None and ev.token_id not in stop_ids and ev.token_id != served.eos_id
                 if ev.finish_reason == "error":
@@ -352,6 +358,24 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
         response = generation(ids, params, "completion", include_usage, stream)
         return await response if not stream else response
 
+    def with_sources(messages, answer_tokens: int):
+        """The conversation with retrieved sources that fit the context (the request's answer included)."""
+        from llmbook.apps.rag import Passage, fit_sources, last_user_message, screen_passages
+
+        try:
+            query = last_user_message(messages)
+        except (ValueError, TypeError, AttributeError):
+            return messages, []  # malformed: chat.encode names the problem
+        found, _ = screen_passages([Passage(c.source, c.text) for c, _ in rag.search(query, rag_k)])
+
+        def length(msgs: list[dict]) -> int:
+            return len(chat.encode(served.tokenizer, msgs, add_generation_prompt=True)[0])
+
+        try:
+            return fit_sources(messages, found, length, engine.max_len - max(1, answer_tokens))
+        except (ValueError, TypeError):
+            return messages, []
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
@@ -359,14 +383,19 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
         if chat is None:
             raise APIError(400, f"'{served.name}' is a base model without a chat template; use /v1/completions, "
                                 "or serve a fine-tuned chat model", param="model", code="model_not_chat")
+        messages, sources = body.get("messages"), None
+        if rag is not None:
+            messages, sources = with_sources(messages, _integer(body, "max_tokens") or config.default_max_tokens)
         try:
-            ids, _ = chat.encode(served.tokenizer, body.get("messages"), add_generation_prompt=True)
+            ids, _ = chat.encode(served.tokenizer, messages, add_generation_prompt=True)
         except (ValueError, TypeError) as err:
             raise APIError(400, f"'messages': {err}", param="messages") from None
         params, stream, include_usage = parse_common(body, {"messages"}, config, served.name, len(ids),
                                                      engine.max_len, None)
         params = dataclasses.replace(params, stop_token_ids=tuple(sorted(stop_ids)))
-        response = generation(ids, params, "chat", include_usage, stream)
+        extra = None if sources is None else {"sources": [{"n": i, "source": p.source}
+                                                          for i, p in enumerate(sources, 1)]}
+        response = generation(ids, params, "chat", include_usage, stream, extra)
         return await response if not stream else response
 
     @app.get("/", response_class=HTMLResponse)
