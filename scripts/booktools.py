@@ -1333,9 +1333,15 @@ def fit_code(path: Path, width: int | None = None) -> int:
             return out
 
         out, pos = [], 0
-        for stmt in tree.body:
+        for i, stmt in enumerate(tree.body):
             start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])]) - 1
+            if start < pos:  # a statement sharing lines with the one before (`a(); b()`): already written
+                continue
             end = stmt.end_lineno
+            for later in tree.body[i + 1:]:  # statements that start on this statement's last line
+                if later.lineno > end:
+                    break
+                end = max(end, later.end_lineno)
             out.extend(loose(code_lines[pos:start]))
             chunk = code_lines[start:end]
             if any(len(line) > width for line in chunk):
