@@ -16,7 +16,7 @@ from torch import nn
 
 from llmbook.finetune.chat import CHAT_TOKENS, TEMPLATE_FILE, ChatFormat, add_chat_tokens, special_tokens
 from llmbook.finetune.config import BaseConfig
-from llmbook.finetune.lora import LoRAConfig, apply_lora, base_fingerprint, load_adapter, merge_lora
+from llmbook.finetune.lora import LoRAConfig, apply_lora, load_adapter, merge_lora
 from llmbook.model import GPT
 
 FINETUNE_FILE = "finetune.json"  # the fine-tuning config and lineage, written into every checkpoint
@@ -116,7 +116,7 @@ def load_finetuned(path: str | Path, device: str = "cpu", merge: bool = False) -
     lora = cfg.extra.get("lora")
     try:
         lora = LoRAConfig(**lora) if lora else None
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{info.path / 'config.json'}: field 'model.extra.lora': {err}") from None
     with torch.random.fork_rng(devices=[]):  # building the model draws weights: leave the caller's generator alone
         model = GPT(cfg)
@@ -142,12 +142,9 @@ def load_with_adapter(base: BaseConfig, adapter_dir: str | Path, device: str = "
 
     The adapter records the fingerprint of the base it was trained on; a different base is refused.
     """
-    from llmbook.finetune.lora import read_adapter_config
-
     model, tokenizer = load_base(base, device, log)
     model, tokenizer, _ = chat_model(model, tokenizer)
-    cfg, _ = read_adapter_config(adapter_dir)
-    load_adapter(model, adapter_dir, base_fingerprint(model, skip_tokens=cfg.train_tokens))
+    load_adapter(model, adapter_dir)
     if merge:
         merge_lora(model)
     fmt = ChatFormat.load(adapter_dir) if (Path(adapter_dir) / TEMPLATE_FILE).is_file() else ChatFormat()
