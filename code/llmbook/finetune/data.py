@@ -29,11 +29,14 @@ IGNORE = -100  # the target value cross-entropy skips
 # ------------------------------------------------------------------------------------------------ reading files
 def _records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) pairs of a JSON array or a JSONL file; `where` is 'record N' or 'line N' for messages."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: malformed JSON: {err}") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
@@ -44,7 +47,7 @@ def _records(path: Path) -> list[tuple[str, Any]]:
             continue
         try:
             out.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: line {lineno}: malformed JSON: {err}") from None
     return out
 
