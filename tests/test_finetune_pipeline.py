@@ -170,6 +170,27 @@ def test_reward_dpo_grpo_from_the_sft_run(files, sft_run, tmp_path):
     assert load_finetuned(grpo).meta["stage"] == "grpo"
 
 
+def test_dpo_and_grpo_switch_off_the_dropout_of_their_init(files, tmp_path):
+    """From a model with dropout, the first DPO step sees policy == reference (loss log 2, zero implicit rewards) and
+    the first GRPO step has ratio 1 and no KL: the policy's dropout is off, as in TRL."""
+    import math
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.5))
+    run_cfg = RunConfig.from_dict({"model": model.config.to_dict(),
+                                   "data": {"block_size": 64, "tokenizer_vocab": VOCAB, "batch_size": 2}})
+    save_checkpoint_dir(model, run_cfg, tmp_path / "base", [files / "tok" / "tokenizer.json"])
+    cfg = FinetuneConfig.from_dict(tiny_config(files, base={"run": str(tmp_path / "base")},
+                                               sft={"steps": 1, "eval_every": 0, "checkpoint_every": 0},
+                                               dpo={"steps": 1, "eval_every": 0}, grpo={"steps": 1}))
+    sft = run_sft(cfg, tmp_path / "sft", log=lambda m: None)
+    assert load_finetuned(sft).model.config.dropout == 0.5
+    first = read_metrics(run_dpo(cfg, tmp_path / "dpo", sft, log=lambda m: None) / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and abs(first["margin"]) < 1e-5
+    first = read_metrics(run_grpo(cfg, tmp_path / "grpo", sft, log=lambda m: None) / "metrics.jsonl")[0]
+    assert first["kl"] == 0 and first["clip_fraction"] == 0
+
+
 def test_cached_stage_trains_once(files, tmp_path, monkeypatch):
     monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
     cfg = FinetuneConfig.from_dict(tiny_config(files, sft={"steps": 2, "eval_every": 0}))

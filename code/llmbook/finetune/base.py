@@ -91,6 +91,28 @@ def model_dict(model: GPT, lora: LoRAConfig | None = None) -> dict[str, Any]:
     return {**fields, "extra": extra}
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability of `model` to zero, in place (@sec-finetune-dpo).
+
+    Preference and RL objectives compare the policy's log-probabilities with ones computed without dropout (the
+    reference's, the sampling policy's); dropout in the policy's forward would make them differ at step 0.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def autocast(device_type: str, precision: str):
+    """The trainer's autocast for `precision` (fp32: none), so log-probabilities computed outside the trainer
+    (reference, sampling policy) use the same arithmetic as the policy's inside it."""
+    import contextlib
+
+    from llmbook.train.parallel import DTYPES
+
+    return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device_type, dtype=DTYPES[precision])
+
+
 @dataclass
 class Loaded:
     """A fine-tuned model read back from a checkpoint, with what it needs to chat."""

@@ -29,11 +29,12 @@ def group_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
     return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + eps)
 
 
-def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """log p(target) at every position (B, T), 0 where the target is IGNORE."""
+def token_logps(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """log p(target) at every position (B, T) under softmax(logits / temperature), the distribution the answers
+    were sampled from; 0 where the target is IGNORE."""
     mask = targets != IGNORE
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return logps * mask
+    logps = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logps.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
 
 
 def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: Tensor, mask: Tensor, clip: float,
@@ -56,23 +57,28 @@ def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: T
 class GRPOObjective:
     """The trainer objective: x = ids (N, T-1); y = targets, advantages, old and reference log-probs, rewards."""
 
-    def __init__(self, clip: float = 0.2, kl: float = 0.04) -> None:
-        self.clip, self.kl = clip, kl
+    def __init__(self, clip: float = 0.2, kl: float = 0.04, temperature: float = 1.0) -> None:
+        self.clip, self.kl, self.temperature = clip, kl, temperature
 
     def __call__(self, module: nn.Module, x: Tensor, y: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logps = token_logps(module(x)[0], y["targets"])
+        logps = token_logps(module(x)[0], y["targets"], self.temperature)
         mask = (y["targets"] != IGNORE).float()
         loss, metrics = grpo_loss(logps, y["old_logps"], y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
         return loss, {**metrics, "reward": y["rewards"].mean(), "completion_tokens": mask.sum(1).mean()}
 
 
 @torch.no_grad()
-def per_token_logps(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+def per_token_logps(model: nn.Module, x: Tensor, targets: Tensor, temperature: float = 1.0,
+                    precision: str = "fp32") -> Tensor:
+    """`token_logps` of a model in eval mode without gradients, under the training run's `precision`."""
+    from llmbook.finetune.base import autocast
+
     was = model.training
     model.eval()
-    out = token_logps(model(x)[0], targets)
+    with autocast(x.device.type, precision):
+        logits = model(x)[0]
     model.train(was)
-    return out
+    return token_logps(logits, targets, temperature)
 
 
 class RolloutLoader:
@@ -83,9 +89,9 @@ class RolloutLoader:
     """
 
     def __init__(self, policy: nn.Module, reference: nn.Module, fmt: ChatFormat, tokenizer: Any, items: Sequence[Item],
-                 cfg: GRPOConfig, pad_id: int, seed: int = 0) -> None:
+                 cfg: GRPOConfig, pad_id: int, seed: int = 0, precision: str = "fp32") -> None:
         self.policy, self.reference, self.fmt, self.tokenizer = policy, reference.eval(), fmt, tokenizer
-        self.items, self.cfg, self.pad_id, self.seed = list(items), cfg, pad_id, seed
+        self.items, self.cfg, self.pad_id, self.seed, self.precision = list(items), cfg, pad_id, seed, precision
         self.stop_ids = fmt.stop_ids(tokenizer)
         self.drawn, self.uses = 0, 0
         self.batch: tuple[Tensor, dict[str, Tensor]] | None = None
@@ -114,8 +120,8 @@ class RolloutLoader:
         x, targets = pad_batch(examples, self.pad_id)
         x, targets = x.to(device), targets.to(device)
         return x, {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
-                   "old_logps": per_token_logps(self.policy, x, targets),
-                   "ref_logps": per_token_logps(self.reference, x, targets)}
+                   "old_logps": per_token_logps(self.policy, x, targets, cfg.temperature, self.precision),
+                   "ref_logps": per_token_logps(self.reference, x, targets, cfg.temperature, self.precision)}
 
     def state_dict(self) -> dict[str, int]:
         return {"drawn": self.drawn, "seed": self.seed}
