@@ -234,6 +234,26 @@ def test_grpo_log_probs_are_those_of_the_sampling_distribution(gpt):
     assert metrics["kl"].item() == 0 and metrics["clip_fraction"].item() == 0
 
 
+def test_grpo_without_old_log_probs_is_the_on_policy_objective(gpt):
+    """A rollout used for one step carries no old log-probabilities: the objective uses the policy's own (detached),
+    which is what a separate forward of the same weights would give, loss and gradients alike."""
+    from llmbook.finetune.grpo import GRPOObjective, per_token_logps
+
+    x = torch.randint(0, 200, (4, 10), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 200, (4, 10), generator=torch.Generator().manual_seed(3))
+    targets[:, :4] = IGNORE
+    ref = per_token_logps(gpt, x, targets) - 0.1
+    y = {"targets": targets, "ref_logps": ref, "advantages": torch.tensor([1.0, -1.0, 0.5, 0.0]), "rewards": torch.ones(4)}
+    grads = []
+    for batch in (y, {**y, "old_logps": per_token_logps(gpt, x, targets)}):
+        gpt.zero_grad()
+        loss, metrics = GRPOObjective(0.2, 0.1)(gpt.train(), x, batch)
+        loss.backward()
+        grads.append((loss.detach(), gpt.blocks[0].attn.c_attn.weight.grad.clone(), metrics["kl"]))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
 def test_grpo_steps_make_a_tiny_policy_prefer_the_rewarded_token():
     from llmbook.finetune.evaluate import complete
 

@@ -191,6 +191,44 @@ def test_dpo_and_grpo_switch_off_the_dropout_of_their_init(files, tmp_path):
     assert first["kl"] == 0 and first["clip_fraction"] == 0
 
 
+@pytest.mark.parametrize("stage", ["sft-lora", "reward", "dpo", "grpo", "grpo-mid-batch"])
+def test_an_interrupted_stage_resumes_to_the_same_weights(files, sft_run, tmp_path, stage, monkeypatch):
+    """Each stage run for 4 steps with checkpoints, then the newer checkpoints removed and the run resumed: the
+    weights at step 4 are the uninterrupted run's (data order, reference log-probs, rollouts, RNG). GRPO uses each
+    rollout for 2 steps; 'mid-batch' resumes from step 1, between the two steps on one batch."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from llmbook.train import checkpoint as ckpt
+
+    name = stage.split("-")[0]
+    every = 1 if stage == "grpo-mid-batch" else 2
+    # the untrained policy never answers right: a reward by answer length gives the groups nonzero advantages
+    monkeypatch.setattr("llmbook.finetune.grpo.reward", lambda item, text: float(len(text) % 2))
+    table = {"steps": 4, "checkpoint_every": every, "keep": 4, "eval_every": 0}
+    extra = {"lora": {"r": 2}} if stage == "sft-lora" else {}
+    cfg = FinetuneConfig.from_dict(tiny_config(files, **{name: table}, **extra))
+    run = {"sft": lambda **kw: run_sft(cfg, tmp_path / "run", **kw),
+           "reward": lambda **kw: run_reward(cfg, tmp_path / "run", sft_run, **kw),
+           "dpo": lambda **kw: run_dpo(cfg, tmp_path / "run", sft_run, **kw),
+           "grpo": lambda **kw: run_grpo(cfg, tmp_path / "run", sft_run, **kw)}[name]
+    out = run(log=lambda m: None)
+    final = out / "checkpoints" / ckpt.step_dir_name(4)
+    expected = load_file(str(final / "model.safetensors"))
+    for step in range(every + 1, 5):
+        shutil.rmtree(out / "checkpoints" / ckpt.step_dir_name(step), ignore_errors=True)
+    assert ckpt.latest_valid(out / "checkpoints", log=lambda m: None).name == ckpt.step_dir_name(every)
+    run(resume=True, log=lambda m: None)
+    resumed = load_file(str(final / "model.safetensors"))
+    if name in ("dpo", "grpo"):  # the run trained: its weights moved away from the SFT model's
+        start = load_file(str(load_finetuned(sft_run).path / "model.safetensors"))
+        assert any(not torch.equal(t, start[k]) for k, t in expected.items() if k in start)
+    assert resumed.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(resumed[key], tensor, atol=0, rtol=0, msg=key)
+
+
 def test_cached_stage_trains_once(files, tmp_path, monkeypatch):
     monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
     cfg = FinetuneConfig.from_dict(tiny_config(files, sft={"steps": 2, "eval_every": 0}))

@@ -205,9 +205,12 @@ class EncodedPair:
     rejected: Example
 
 
-def encode_response(fmt: ChatFormat, tokenizer: Any, prompt: Chat, response: str) -> tuple[list[int], list[int]]:
-    """Prompt ids (ending with the generation prompt) and the response's ids (up to its end-of-turn token)."""
-    prompt_ids, _ = fmt.encode(tokenizer, prompt, add_generation_prompt=True)
+def encode_response(fmt: ChatFormat, tokenizer: Any, prompt: Chat, response: str,
+                    prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Prompt ids (ending with the generation prompt) and the response's ids (up to its end-of-turn token);
+    `prompt_ids`, when given, are the prompt's encoding already computed for another response."""
+    if prompt_ids is None:
+        prompt_ids, _ = fmt.encode(tokenizer, prompt, add_generation_prompt=True)
     ids, mask = fmt.encode(tokenizer, [*prompt, {"role": "assistant", "content": response}])
     if ids[:len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template does not render the prompt as a prefix of the answered conversation")
@@ -222,7 +225,7 @@ def encode_pairs(fmt: ChatFormat, tokenizer: Any, pairs: Sequence[PreferencePair
     out = []
     for pair in pairs:
         prompt, chosen = encode_response(fmt, tokenizer, pair.prompt, pair.chosen)
-        _, rejected = encode_response(fmt, tokenizer, pair.prompt, pair.rejected)
+        _, rejected = encode_response(fmt, tokenizer, pair.prompt, pair.rejected, prompt)
         prompt, chosen, rejected = prompt[-max_prompt:], chosen[:max_response], rejected[:max_response]
         if chosen == rejected:
             continue

@@ -63,7 +63,9 @@ class GRPOObjective:
     def __call__(self, module: nn.Module, x: Tensor, y: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         logps = token_logps(module(x)[0], y["targets"], self.temperature)
         mask = (y["targets"] != IGNORE).float()
-        loss, metrics = grpo_loss(logps, y["old_logps"], y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
+        old = y.get("old_logps")  # absent when each rollout is used once: the sampling policy is this one (as TRL)
+        old = logps.detach() if old is None else old
+        loss, metrics = grpo_loss(logps, old, y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
         return loss, {**metrics, "reward": y["rewards"].mean(), "completion_tokens": mask.sum(1).mean()}
 
 
@@ -85,7 +87,8 @@ class RolloutLoader:
     """Batches of sampled, scored answers for the trainer: `batch_size` prompts x `group_size` samples each.
 
     A batch is used for `iterations` optimizer steps before new answers are sampled. The state (how many batches
-    were drawn) resumes the prompt order and the sampling seeds; the answers themselves depend on the restored weights.
+    were drawn, and the batch in use with how often it was used) resumes the prompt order, the sampling seeds and a
+    batch interrupted between its steps, so a resumed run continues as the uninterrupted one would.
     """
 
     def __init__(self, policy: nn.Module, reference: nn.Module, fmt: ChatFormat, tokenizer: Any, items: Sequence[Item],
@@ -119,12 +122,18 @@ class RolloutLoader:
         examples = [Example(tuple(p + a), (0,) * len(p) + (1,) * len(a)) for p, a in zip(prompt_ids, answers)]
         x, targets = pad_batch(examples, self.pad_id)
         x, targets = x.to(device), targets.to(device)
-        return x, {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
-                   "old_logps": per_token_logps(self.policy, x, targets, cfg.temperature, self.precision),
-                   "ref_logps": per_token_logps(self.reference, x, targets, cfg.temperature, self.precision)}
+        y = {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
+             "ref_logps": per_token_logps(self.reference, x, targets, cfg.temperature, self.precision)}
+        if cfg.iterations > 1:  # the steps after the first on this batch need the sampling policy's log-probs
+            y["old_logps"] = per_token_logps(self.policy, x, targets, cfg.temperature, self.precision)
+        return x, y
 
-    def state_dict(self) -> dict[str, int]:
-        return {"drawn": self.drawn, "seed": self.seed}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"drawn": self.drawn, "seed": self.seed, "uses": self.uses}
+        if self.batch is not None and self.uses < self.cfg.iterations:  # steps left on it: saved with the trainer
+            state["batch"] = self.batch
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.drawn, self.seed, self.batch, self.uses = state["drawn"], state["seed"], None, 0
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drawn, self.seed = state["drawn"], state["seed"]
+        self.batch, self.uses = state.get("batch"), state.get("uses", 0) if "batch" in state else 0
