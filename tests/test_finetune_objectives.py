@@ -243,7 +243,8 @@ def test_grpo_without_old_log_probs_is_the_on_policy_objective(gpt):
     targets = torch.randint(0, 200, (4, 10), generator=torch.Generator().manual_seed(3))
     targets[:, :4] = IGNORE
     ref = per_token_logps(gpt, x, targets) - 0.1
-    y = {"targets": targets, "ref_logps": ref, "advantages": torch.tensor([1.0, -1.0, 0.5, 0.0]), "rewards": torch.ones(4)}
+    y = {"targets": targets, "ref_logps": ref, "advantages": torch.tensor([1.0, -1.0, 0.5, 0.0]),
+         "rewards": torch.ones(4)}
     grads = []
     for batch in (y, {**y, "old_logps": per_token_logps(gpt, x, targets)}):
         gpt.zero_grad()
