@@ -71,6 +71,19 @@ def test_malformed_chat_files(tmp_path, line, match):
         load_chats(write(tmp_path / "chat.jsonl", line + "\n"))
 
 
+@pytest.mark.parametrize("name, data, match", [
+    ("chat.jsonl", b'\xff{"messages": []}\n', r"chat.jsonl: not UTF-8 text \(byte 0"),
+    ("chat.json", b"[" + b'"\xe9"' + b"]", r"chat.json: not UTF-8 text \(byte 2"),
+    ("chat.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", r"chat.jsonl: line 1: malformed JSON"),
+    ("chat.json", b"[" * 100_000 + b"]" * 100_000, r"chat.json: malformed JSON"),
+])
+def test_unreadable_instruction_files_are_named(tmp_path, name, data, match):
+    """Bytes that are not UTF-8 and JSON nested past the parser's depth are one-line errors naming the file."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=match):
+        load_instructions(tmp_path / name)
+
+
 def test_chat_file_round_trip(tmp_path):
     chats = [[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]]
     path = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in chats) + "\n\n")
@@ -95,6 +108,20 @@ def test_hh_transcripts(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "no turns"}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl.gz:1: malformed HH-RLHF record"):
+        load_hh_pairs(path)
+
+
+@pytest.mark.parametrize("record, raw, match", [
+    ({"chosen": 3, "rejected": "\n\nHuman: a\n\nAssistant: b"}, None, r"bad.jsonl.gz:1: malformed HH-RLHF record"),
+    ([1, 2], None, r"bad.jsonl.gz:1: malformed HH-RLHF record"),
+    (None, b"not gzip at all", r"bad.jsonl.gz: unreadable HH-RLHF file"),
+    (None, gzip.compress(b'{"chosen": "x"}\n')[:-12], r"bad.jsonl.gz: unreadable HH-RLHF file"),
+    (None, gzip.compress(b'{"chosen": "\xff"}\n'), r"bad.jsonl.gz: unreadable HH-RLHF file"),
+], ids=["chosen-not-text", "record-not-object", "not-gzip", "cut-short", "not-utf8"])
+def test_hostile_preference_files_are_one_line_errors(tmp_path, record, raw, match):
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(raw if raw is not None else gzip.compress((json.dumps(record) + "\n").encode()))
+    with pytest.raises(ValueError, match=match):
         load_hh_pairs(path)
 
 

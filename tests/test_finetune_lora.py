@@ -164,6 +164,16 @@ def test_adapter_files_hold_only_adapters_and_refuse_another_base(tmp_path):
     ("unknown_field", "field 'lora'"),
     ("no_weights", "adapter_model.safetensors does not exist"),
     ("wrong_shape", "has shape"),
+    ("nan_weights", "holds NaN or infinite values"),
+    ("int_weights", "has dtype I64, expected a float type"),
+    ("extra_tensor", r"do not match the targeted layers \(e.g. \['junk'\]\)"),
+    ("not_safetensors", "not a readable safetensors file"),
+    ("truncated", "not a readable safetensors file"),
+    ("symlink_elsewhere", "not a readable safetensors file"),
+    ("token_out_of_range", "field 'lora.train_tokens': token id 999 is outside this model's vocabulary of 64"),
+    ("tokens_not_ids", r"\[lora\] train_tokens must be a list of token ids"),
+    ("targets_a_string", r"\[lora\] targets must be a non-empty list"),
+    ("odd_blocksize", r"\[lora\] blocksize must be a positive even integer"),
 ])
 def test_hostile_adapter_folders(tmp_path, breakage, match):
     from safetensors.torch import load_file, save_file
@@ -186,13 +196,52 @@ def test_hostile_adapter_folders(tmp_path, breakage, match):
         (folder / ADAPTER_CONFIG).write_text(json.dumps({**config, "lora": {**config["lora"], "rank": 3}}))
     elif breakage == "no_weights":
         (folder / ADAPTER_WEIGHTS).unlink()
-    else:
+    elif breakage in ("wrong_shape", "nan_weights", "int_weights", "extra_tensor"):
         tensors = load_file(str(folder / ADAPTER_WEIGHTS))
         key = next(iter(tensors))
-        tensors[key] = torch.zeros(3, 3)
+        if breakage == "wrong_shape":
+            tensors[key] = torch.zeros(3, 3)
+        elif breakage == "nan_weights":
+            tensors[key][0, 0] = float("nan")
+        elif breakage == "int_weights":
+            tensors[key] = tensors[key].long()
+        else:
+            tensors["junk"] = torch.zeros(1 << 20)
         save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    elif breakage == "not_safetensors":
+        (folder / ADAPTER_WEIGHTS).write_bytes(b"\xff" * 64)
+    elif breakage == "truncated":
+        data = (folder / ADAPTER_WEIGHTS).read_bytes()
+        (folder / ADAPTER_WEIGHTS).write_bytes(data[:len(data) // 2])
+    elif breakage == "symlink_elsewhere":
+        (folder / ADAPTER_WEIGHTS).unlink()
+        (folder / ADAPTER_WEIGHTS).symlink_to(folder / ADAPTER_CONFIG)
+    else:
+        lora = {"token_out_of_range": {"train_tokens": [999]}, "tokens_not_ids": {"train_tokens": ["<|end|>"]},
+                "targets_a_string": {"targets": "attn.c_attn"}, "odd_blocksize": {"blocksize": 3}}[breakage]
+        (folder / ADAPTER_CONFIG).write_text(json.dumps({**config, "lora": {**config["lora"], **lora}}))
+    base = tiny("gpt2")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        load_adapter(tiny("gpt2"), folder, fingerprint)
+        load_adapter(base, folder, None if breakage == "token_out_of_range" else fingerprint)
+    assert not lora_layers(base) and base.state_dict().keys() == before.keys()  # a refused adapter changes nothing
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+
+
+def test_adapter_with_token_rows_loads_without_a_given_fingerprint(tmp_path):
+    """The fingerprint `load_adapter` computes itself leaves out the token rows the adapter carries."""
+    model = tiny("gpt2")
+    fingerprint = base_fingerprint(model, skip_tokens=[62, 63])
+    cfg = LoRAConfig(r=2, alpha=4, train_tokens=[62, 63])
+    apply_lora(model, cfg)
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.wte.weight[62:] += 1.0
+    save_adapter(model, cfg, tmp_path / "adapter", fingerprint)
+    fresh = tiny("gpt2")
+    assert load_adapter(fresh, tmp_path / "adapter") == cfg
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(IDX)[0], model(IDX)[0])
 
 
 def test_bad_lora_configs():

@@ -146,6 +146,19 @@ def test_reference_logps_match_the_objective_at_start(tok, gpt):
     assert metrics["margin"].abs().item() < 1e-5
 
 
+def test_reference_logps_use_the_training_precision(tok, gpt):
+    """Under bf16 autocast the policy at step 0 equals a reference computed in bf16, not one computed in fp32."""
+    encoded = encode_pairs(FMT, tok, PAIRS, 64, 64)
+    pad = special_tokens(tok)[END]
+    margins = {}
+    for precision in ("fp32", "bf16"):
+        x, y = collate(list(zip(encoded, reference_logps(gpt, encoded, pad, precision=precision))), pad)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            _, metrics = DPOObjective(0.1)(gpt.eval(), x, y)
+        margins[precision] = (metrics["reward_chosen"].abs() + metrics["reward_rejected"].abs()).item()
+    assert margins["bf16"] < 1e-6 < margins["fp32"]
+
+
 # ------------------------------------------------------------------------------------------------ reward model
 def test_reward_model_reads_the_last_real_token(tok, gpt):
     encoded = encode_pairs(FMT, tok, PAIRS, 64, 64)
@@ -199,6 +212,47 @@ def test_grpo_loss_gradient_clipping_and_kl():
     _, metrics = grpo_loss(logps.detach(), logps.detach(), ref, torch.tensor([0.0]), mask, 0.2, 0.1)
     x = -0.5  # log(ref / pi) on the first token; the second is equal
     assert metrics["kl"].item() == pytest.approx((torch.exp(torch.tensor(x)) - x - 1).item() / 2)
+
+
+def test_grpo_log_probs_are_those_of_the_sampling_distribution(gpt):
+    """Answers sampled at temperature T are scored under softmax(logits / T), and the old log-probabilities are
+    computed with the training precision, so the ratio is exactly 1 before the first update."""
+    from llmbook.finetune.grpo import GRPOObjective, per_token_logps
+
+    x = torch.randint(0, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 200, (3, 12), generator=torch.Generator().manual_seed(1))
+    targets[:, :6] = IGNORE
+    with torch.no_grad():
+        logits = gpt.eval()(x)[0]
+    expected = (logits / 0.5).log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0] * (targets != IGNORE)
+    torch.testing.assert_close(per_token_logps(gpt, x, targets, temperature=0.5), expected)
+    old = per_token_logps(gpt, x, targets, temperature=0.5, precision="bf16")
+    y = {"targets": targets, "old_logps": old, "ref_logps": old, "advantages": torch.tensor([1.0, -1.0, 0.5]),
+         "rewards": torch.ones(3)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, metrics = GRPOObjective(clip=0.01, kl=0.1, temperature=0.5)(gpt.eval(), x, y)
+    assert metrics["kl"].item() == 0 and metrics["clip_fraction"].item() == 0
+
+
+def test_grpo_without_old_log_probs_is_the_on_policy_objective(gpt):
+    """A rollout used for one step carries no old log-probabilities: the objective uses the policy's own (detached),
+    which is what a separate forward of the same weights would give, loss and gradients alike."""
+    from llmbook.finetune.grpo import GRPOObjective, per_token_logps
+
+    x = torch.randint(0, 200, (4, 10), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 200, (4, 10), generator=torch.Generator().manual_seed(3))
+    targets[:, :4] = IGNORE
+    ref = per_token_logps(gpt, x, targets) - 0.1
+    y = {"targets": targets, "ref_logps": ref, "advantages": torch.tensor([1.0, -1.0, 0.5, 0.0]),
+         "rewards": torch.ones(4)}
+    grads = []
+    for batch in (y, {**y, "old_logps": per_token_logps(gpt, x, targets)}):
+        gpt.zero_grad()
+        loss, metrics = GRPOObjective(0.2, 0.1)(gpt.train(), x, batch)
+        loss.backward()
+        grads.append((loss.detach(), gpt.blocks[0].attn.c_attn.weight.grad.clone(), metrics["kl"]))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
 
 
 def test_grpo_steps_make_a_tiny_policy_prefer_the_rewarded_token():

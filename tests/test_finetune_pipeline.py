@@ -170,6 +170,65 @@ def test_reward_dpo_grpo_from_the_sft_run(files, sft_run, tmp_path):
     assert load_finetuned(grpo).meta["stage"] == "grpo"
 
 
+def test_dpo_and_grpo_switch_off_the_dropout_of_their_init(files, tmp_path):
+    """From a model with dropout, the first DPO step sees policy == reference (loss log 2, zero implicit rewards) and
+    the first GRPO step has ratio 1 and no KL: the policy's dropout is off, as in TRL."""
+    import math
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.5))
+    run_cfg = RunConfig.from_dict({"model": model.config.to_dict(),
+                                   "data": {"block_size": 64, "tokenizer_vocab": VOCAB, "batch_size": 2}})
+    save_checkpoint_dir(model, run_cfg, tmp_path / "base", [files / "tok" / "tokenizer.json"])
+    cfg = FinetuneConfig.from_dict(tiny_config(files, base={"run": str(tmp_path / "base")},
+                                               sft={"steps": 1, "eval_every": 0, "checkpoint_every": 0},
+                                               dpo={"steps": 1, "eval_every": 0}, grpo={"steps": 1}))
+    sft = run_sft(cfg, tmp_path / "sft", log=lambda m: None)
+    assert load_finetuned(sft).model.config.dropout == 0.5
+    first = read_metrics(run_dpo(cfg, tmp_path / "dpo", sft, log=lambda m: None) / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and abs(first["margin"]) < 1e-5
+    first = read_metrics(run_grpo(cfg, tmp_path / "grpo", sft, log=lambda m: None) / "metrics.jsonl")[0]
+    assert first["kl"] == 0 and first["clip_fraction"] == 0
+
+
+@pytest.mark.parametrize("stage", ["sft-lora", "reward", "dpo", "grpo", "grpo-mid-batch"])
+def test_an_interrupted_stage_resumes_to_the_same_weights(files, sft_run, tmp_path, stage, monkeypatch):
+    """Each stage run for 4 steps with checkpoints, then the newer checkpoints removed and the run resumed: the
+    weights at step 4 are the uninterrupted run's (data order, reference log-probs, rollouts, RNG). GRPO uses each
+    rollout for 2 steps; 'mid-batch' resumes from step 1, between the two steps on one batch."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from llmbook.train import checkpoint as ckpt
+
+    name = stage.split("-")[0]
+    every = 1 if stage == "grpo-mid-batch" else 2
+    # the untrained policy never answers right: a reward by answer length gives the groups nonzero advantages
+    monkeypatch.setattr("llmbook.finetune.grpo.reward", lambda item, text: float(len(text) % 2))
+    table = {"steps": 4, "checkpoint_every": every, "keep": 4, "eval_every": 0}
+    extra = {"lora": {"r": 2}} if stage == "sft-lora" else {}
+    cfg = FinetuneConfig.from_dict(tiny_config(files, **{name: table}, **extra))
+    run = {"sft": lambda **kw: run_sft(cfg, tmp_path / "run", **kw),
+           "reward": lambda **kw: run_reward(cfg, tmp_path / "run", sft_run, **kw),
+           "dpo": lambda **kw: run_dpo(cfg, tmp_path / "run", sft_run, **kw),
+           "grpo": lambda **kw: run_grpo(cfg, tmp_path / "run", sft_run, **kw)}[name]
+    out = run(log=lambda m: None)
+    final = out / "checkpoints" / ckpt.step_dir_name(4)
+    expected = load_file(str(final / "model.safetensors"))
+    for step in range(every + 1, 5):
+        shutil.rmtree(out / "checkpoints" / ckpt.step_dir_name(step), ignore_errors=True)
+    assert ckpt.latest_valid(out / "checkpoints", log=lambda m: None).name == ckpt.step_dir_name(every)
+    run(resume=True, log=lambda m: None)
+    resumed = load_file(str(final / "model.safetensors"))
+    if name in ("dpo", "grpo"):  # the run trained: its weights moved away from the SFT model's
+        start = load_file(str(load_finetuned(sft_run).path / "model.safetensors"))
+        assert any(not torch.equal(t, start[k]) for k, t in expected.items() if k in start)
+    assert resumed.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(resumed[key], tensor, atol=0, rtol=0, msg=key)
+
+
 def test_cached_stage_trains_once(files, tmp_path, monkeypatch):
     monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
     cfg = FinetuneConfig.from_dict(tiny_config(files, sft={"steps": 2, "eval_every": 0}))

@@ -16,7 +16,7 @@ from torch import nn
 
 from llmbook.finetune.chat import CHAT_TOKENS, TEMPLATE_FILE, ChatFormat, add_chat_tokens, special_tokens
 from llmbook.finetune.config import BaseConfig
-from llmbook.finetune.lora import LoRAConfig, apply_lora, base_fingerprint, load_adapter, merge_lora
+from llmbook.finetune.lora import LoRAConfig, apply_lora, load_adapter, merge_lora
 from llmbook.model import GPT
 
 FINETUNE_FILE = "finetune.json"  # the fine-tuning config and lineage, written into every checkpoint
@@ -91,6 +91,28 @@ def model_dict(model: GPT, lora: LoRAConfig | None = None) -> dict[str, Any]:
     return {**fields, "extra": extra}
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability of `model` to zero, in place (@sec-finetune-dpo).
+
+    Preference and RL objectives compare the policy's log-probabilities with ones computed without dropout (the
+    reference's, the sampling policy's); dropout in the policy's forward would make them differ at step 0.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def autocast(device_type: str, precision: str):
+    """The trainer's autocast for `precision` (fp32: none), so log-probabilities computed outside the trainer
+    (reference, sampling policy) use the same arithmetic as the policy's inside it."""
+    import contextlib
+
+    from llmbook.train.parallel import DTYPES
+
+    return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device_type, dtype=DTYPES[precision])
+
+
 @dataclass
 class Loaded:
     """A fine-tuned model read back from a checkpoint, with what it needs to chat."""
@@ -116,7 +138,7 @@ def load_finetuned(path: str | Path, device: str = "cpu", merge: bool = False) -
     lora = cfg.extra.get("lora")
     try:
         lora = LoRAConfig(**lora) if lora else None
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{info.path / 'config.json'}: field 'model.extra.lora': {err}") from None
     with torch.random.fork_rng(devices=[]):  # building the model draws weights: leave the caller's generator alone
         model = GPT(cfg)
@@ -142,12 +164,9 @@ def load_with_adapter(base: BaseConfig, adapter_dir: str | Path, device: str = "
 
     The adapter records the fingerprint of the base it was trained on; a different base is refused.
     """
-    from llmbook.finetune.lora import read_adapter_config
-
     model, tokenizer = load_base(base, device, log)
     model, tokenizer, _ = chat_model(model, tokenizer)
-    cfg, _ = read_adapter_config(adapter_dir)
-    load_adapter(model, adapter_dir, base_fingerprint(model, skip_tokens=cfg.train_tokens))
+    load_adapter(model, adapter_dir)
     if merge:
         merge_lora(model)
     fmt = ChatFormat.load(adapter_dir) if (Path(adapter_dir) / TEMPLATE_FILE).is_file() else ChatFormat()

@@ -29,11 +29,14 @@ IGNORE = -100  # the target value cross-entropy skips
 # ------------------------------------------------------------------------------------------------ reading files
 def _records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) pairs of a JSON array or a JSONL file; `where` is 'record N' or 'line N' for messages."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: malformed JSON: {err}") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
@@ -44,7 +47,7 @@ def _records(path: Path) -> list[tuple[str, Any]]:
             continue
         try:
             out.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: line {lineno}: malformed JSON: {err}") from None
     return out
 
@@ -202,9 +205,12 @@ class EncodedPair:
     rejected: Example
 
 
-def encode_response(fmt: ChatFormat, tokenizer: Any, prompt: Chat, response: str) -> tuple[list[int], list[int]]:
-    """Prompt ids (ending with the generation prompt) and the response's ids (up to its end-of-turn token)."""
-    prompt_ids, _ = fmt.encode(tokenizer, prompt, add_generation_prompt=True)
+def encode_response(fmt: ChatFormat, tokenizer: Any, prompt: Chat, response: str,
+                    prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Prompt ids (ending with the generation prompt) and the response's ids (up to its end-of-turn token);
+    `prompt_ids`, when given, are the prompt's encoding already computed for another response."""
+    if prompt_ids is None:
+        prompt_ids, _ = fmt.encode(tokenizer, prompt, add_generation_prompt=True)
     ids, mask = fmt.encode(tokenizer, [*prompt, {"role": "assistant", "content": response}])
     if ids[:len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template does not render the prompt as a prefix of the answered conversation")
@@ -219,7 +225,7 @@ def encode_pairs(fmt: ChatFormat, tokenizer: Any, pairs: Sequence[PreferencePair
     out = []
     for pair in pairs:
         prompt, chosen = encode_response(fmt, tokenizer, pair.prompt, pair.chosen)
-        _, rejected = encode_response(fmt, tokenizer, pair.prompt, pair.rejected)
+        _, rejected = encode_response(fmt, tokenizer, pair.prompt, pair.rejected, prompt)
         prompt, chosen, rejected = prompt[-max_prompt:], chosen[:max_response], rejected[:max_response]
         if chosen == rejected:
             continue

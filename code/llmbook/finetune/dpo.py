@@ -75,15 +75,21 @@ def collate(items: Sequence[tuple[EncodedPair, Tensor]], pad_id: int) -> tuple[T
 
 
 @torch.no_grad()
-def reference_logps(model: nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 32) -> Tensor:
-    """log pi_ref(chosen | x) and log pi_ref(rejected | x) of every pair, (N, 2), with the model frozen in eval mode."""
+def reference_logps(model: nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 32,
+                    precision: str = "fp32") -> Tensor:
+    """log pi_ref(chosen | x) and log pi_ref(rejected | x) of every pair, (N, 2), with the model frozen in eval mode
+    and under the training run's `precision`, so that at step 0 the policy's log-probabilities equal these."""
+    from llmbook.finetune.base import autocast
+
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(pairs), batch_size):
         x, targets = pair_targets(pairs[i:i + batch_size], pad_id)
-        logps, _ = sequence_logps(model(x.to(device))[0], targets.to(device))
+        with autocast(device.type, precision):
+            logits = model(x.to(device))[0]
+        logps, _ = sequence_logps(logits, targets.to(device))
         out.append(torch.stack(logps.cpu().chunk(2), dim=-1))
     model.train(was)
     return torch.cat(out)
@@ -91,8 +97,8 @@ def reference_logps(model: nn.Module, pairs: Sequence[EncodedPair], pad_id: int,
 
 @torch.no_grad()
 def implicit_accuracy(model: nn.Module, pairs: Sequence[EncodedPair], ref: Tensor, pad_id: int,
-                      batch_size: int = 32) -> list[float]:
+                      batch_size: int = 32, precision: str = "fp32") -> list[float]:
     """Per held-out pair: 1 when the policy's implicit reward ranks chosen above rejected (0.5 on a tie), else 0."""
-    now = reference_logps(model, pairs, pad_id, batch_size)
+    now = reference_logps(model, pairs, pad_id, batch_size, precision)
     margin = (now[:, 0] - ref[:, 0]) - (now[:, 1] - ref[:, 1])
     return [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margin.tolist()]

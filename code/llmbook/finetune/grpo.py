@@ -29,11 +29,12 @@ def group_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
     return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + eps)
 
 
-def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """log p(target) at every position (B, T), 0 where the target is IGNORE."""
+def token_logps(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """log p(target) at every position (B, T) under softmax(logits / temperature), the distribution the answers
+    were sampled from; 0 where the target is IGNORE."""
     mask = targets != IGNORE
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return logps * mask
+    logps = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logps.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
 
 
 def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: Tensor, mask: Tensor, clip: float,
@@ -56,36 +57,44 @@ def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: T
 class GRPOObjective:
     """The trainer objective: x = ids (N, T-1); y = targets, advantages, old and reference log-probs, rewards."""
 
-    def __init__(self, clip: float = 0.2, kl: float = 0.04) -> None:
-        self.clip, self.kl = clip, kl
+    def __init__(self, clip: float = 0.2, kl: float = 0.04, temperature: float = 1.0) -> None:
+        self.clip, self.kl, self.temperature = clip, kl, temperature
 
     def __call__(self, module: nn.Module, x: Tensor, y: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logps = token_logps(module(x)[0], y["targets"])
+        logps = token_logps(module(x)[0], y["targets"], self.temperature)
         mask = (y["targets"] != IGNORE).float()
-        loss, metrics = grpo_loss(logps, y["old_logps"], y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
+        old = y.get("old_logps")  # absent when each rollout is used once: the sampling policy is this one (as TRL)
+        old = logps.detach() if old is None else old
+        loss, metrics = grpo_loss(logps, old, y["ref_logps"], y["advantages"], mask, self.clip, self.kl)
         return loss, {**metrics, "reward": y["rewards"].mean(), "completion_tokens": mask.sum(1).mean()}
 
 
 @torch.no_grad()
-def per_token_logps(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+def per_token_logps(model: nn.Module, x: Tensor, targets: Tensor, temperature: float = 1.0,
+                    precision: str = "fp32") -> Tensor:
+    """`token_logps` of a model in eval mode without gradients, under the training run's `precision`."""
+    from llmbook.finetune.base import autocast
+
     was = model.training
     model.eval()
-    out = token_logps(model(x)[0], targets)
+    with autocast(x.device.type, precision):
+        logits = model(x)[0]
     model.train(was)
-    return out
+    return token_logps(logits, targets, temperature)
 
 
 class RolloutLoader:
     """Batches of sampled, scored answers for the trainer: `batch_size` prompts x `group_size` samples each.
 
     A batch is used for `iterations` optimizer steps before new answers are sampled. The state (how many batches
-    were drawn) resumes the prompt order and the sampling seeds; the answers themselves depend on the restored weights.
+    were drawn, and the batch in use with how often it was used) resumes the prompt order, the sampling seeds and a
+    batch interrupted between its steps, so a resumed run continues as the uninterrupted one would.
     """
 
     def __init__(self, policy: nn.Module, reference: nn.Module, fmt: ChatFormat, tokenizer: Any, items: Sequence[Item],
-                 cfg: GRPOConfig, pad_id: int, seed: int = 0) -> None:
+                 cfg: GRPOConfig, pad_id: int, seed: int = 0, precision: str = "fp32") -> None:
         self.policy, self.reference, self.fmt, self.tokenizer = policy, reference.eval(), fmt, tokenizer
-        self.items, self.cfg, self.pad_id, self.seed = list(items), cfg, pad_id, seed
+        self.items, self.cfg, self.pad_id, self.seed, self.precision = list(items), cfg, pad_id, seed, precision
         self.stop_ids = fmt.stop_ids(tokenizer)
         self.drawn, self.uses = 0, 0
         self.batch: tuple[Tensor, dict[str, Tensor]] | None = None
@@ -113,12 +122,18 @@ class RolloutLoader:
         examples = [Example(tuple(p + a), (0,) * len(p) + (1,) * len(a)) for p, a in zip(prompt_ids, answers)]
         x, targets = pad_batch(examples, self.pad_id)
         x, targets = x.to(device), targets.to(device)
-        return x, {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
-                   "old_logps": per_token_logps(self.policy, x, targets),
-                   "ref_logps": per_token_logps(self.reference, x, targets)}
+        y = {"targets": targets, "advantages": advantages.to(device), "rewards": rewards.to(device),
+             "ref_logps": per_token_logps(self.reference, x, targets, cfg.temperature, self.precision)}
+        if cfg.iterations > 1:  # the steps after the first on this batch need the sampling policy's log-probs
+            y["old_logps"] = per_token_logps(self.policy, x, targets, cfg.temperature, self.precision)
+        return x, y
 
-    def state_dict(self) -> dict[str, int]:
-        return {"drawn": self.drawn, "seed": self.seed}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"drawn": self.drawn, "seed": self.seed, "uses": self.uses}
+        if self.batch is not None and self.uses < self.cfg.iterations:  # steps left on it: saved with the trainer
+            state["batch"] = self.batch
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.drawn, self.seed, self.batch, self.uses = state["drawn"], state["seed"], None, 0
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drawn, self.seed = state["drawn"], state["seed"]
+        self.batch, self.uses = state.get("batch"), state.get("uses", 0) if "batch" in state else 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from llmbook.fileio import atomic_write
@@ -49,18 +49,29 @@ class LoRAConfig:
     train_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
+        def integer(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if not integer(self.r) or self.r < 0:
             raise ValueError(f"[lora] r must be a non-negative integer, got {self.r!r}")
-        if not self.alpha > 0:
+        if not number(self.alpha) or not self.alpha > 0:
             raise ValueError(f"[lora] alpha must be positive, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
+        if not number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"[lora] dropout must be in [0, 1), got {self.dropout!r}")
         if self.quantize not in ("none", "nf4"):
             raise ValueError(f"[lora] quantize={self.quantize!r} is not one of ('none', 'nf4')")
         if self.quantize == "nf4" and self.r == 0:
             raise ValueError("[lora] quantize='nf4' needs adapters (r > 0): a 4-bit base is frozen")
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+        if not integer(self.blocksize) or self.blocksize <= 0 or self.blocksize % 2:
+            raise ValueError(f"[lora] blocksize must be a positive even integer, got {self.blocksize!r}")
+        if (not isinstance(self.targets, list) or not self.targets
+                or not all(isinstance(t, str) and t for t in self.targets)):
             raise ValueError(f"[lora] targets must be a non-empty list of module-name patterns, got {self.targets!r}")
+        if not isinstance(self.train_tokens, list) or not all(integer(t) and t >= 0 for t in self.train_tokens):
+            raise ValueError(f"[lora] train_tokens must be a list of token ids, got {self.train_tokens!r}")
 
     @property
     def scaling(self) -> float:
@@ -286,36 +297,65 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, 
         raise ValueError(f"{path}: {err}") from None
 
 
+def read_adapter_tensors(weights: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The tensors of an adapter file, checked before use: a safetensors file holding exactly the `expected` names
+    and shapes, in a float dtype, every value finite. Names and shapes are read from the header before any tensor
+    data, so a file with extra or oversized tensors is refused without being read."""
+    from safetensors import SafetensorError, safe_open
+
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            names = set(f.keys())
+            if names != set(expected):
+                diff = sorted(names ^ set(expected))[:3]
+                raise ValueError(f"{weights}: adapter tensors do not match the targeted layers (e.g. {diff})")
+            for name in sorted(names):
+                view = f.get_slice(name)
+                if tuple(view.get_shape()) != expected[name]:
+                    raise ValueError(f"{weights}: tensor {name} has shape {tuple(view.get_shape())}, "
+                                     f"expected {expected[name]}")
+                if view.get_dtype() not in ("F16", "BF16", "F32", "F64"):
+                    raise ValueError(f"{weights}: tensor {name} has dtype {view.get_dtype()}, expected a float type")
+            state = {name: f.get_tensor(name) for name in sorted(names)}
+    except SafetensorError as err:
+        raise ValueError(f"{weights}: not a readable safetensors file ({err})") from None
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{weights}: tensor {name} holds NaN or infinite values")
+    return state
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | Path, fingerprint: str | None = None) -> LoRAConfig:
     """Inject and load the adapter in `adapter_dir` into a base `model`; refuse an adapter made for another base.
 
-    `fingerprint` is the base's `base_fingerprint` (computed here when not given).
+    `fingerprint` is the base's `base_fingerprint` without the adapter's trained token rows (computed here when not
+    given). Everything is checked before the model is touched, so a refused adapter leaves it as it was.
     """
     adapter_dir = Path(adapter_dir)
     cfg, config = read_adapter_config(adapter_dir)
-    fingerprint = fingerprint or base_fingerprint(model)
+    vocab, width = model.wte.weight.shape
+    bad = [t for t in cfg.train_tokens if t >= vocab]
+    if bad:
+        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: field 'lora.train_tokens': token id {bad[0]} is outside "
+                         f"this model's vocabulary of {vocab}")
+    fingerprint = fingerprint or base_fingerprint(model, skip_tokens=cfg.train_tokens)
     if config["base_sha256"] != fingerprint:
         raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: field 'base_sha256' is {config['base_sha256'][:12]}..., "
                          f"but this base model is {fingerprint[:12]}...: the adapter was trained on another model")
-    weights = adapter_dir / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist")
-    state = load_file(str(weights))
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, cfg.targets)}
+    expected = {k: v for n, m in targets.items()
+                for k, v in ((f"{n}.lora_A", (cfg.r, m.in_features)), (f"{n}.lora_B", (m.out_features, cfg.r)))}
+    if cfg.train_tokens:
+        expected["wte.train_tokens"] = (len(cfg.train_tokens), width)
+    state = read_adapter_tensors(adapter_dir / ADAPTER_WEIGHTS, expected)
     tokens = state.pop("wte.train_tokens", None)
     apply_lora(model, LoRAConfig(**{**cfg.to_dict(), "train_tokens": []}))
-    expected = {f"{n}.{k}": getattr(m, k) for n, m in lora_layers(model).items() for k in ("lora_A", "lora_B")}
-    if set(state) != set(expected):
-        diff = sorted(set(state) ^ set(expected))[:3]
-        raise ValueError(f"{weights}: adapter tensors do not match the targeted layers (e.g. {diff})")
+    layers = {f"{n}.{k}": getattr(m, k) for n, m in lora_layers(model).items() for k in ("lora_A", "lora_B")}
     with torch.no_grad():
         for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(expected[name].shape)}")
-            expected[name].copy_(tensor)
+            layers[name].copy_(tensor)
         if tokens is not None:
-            if tokens.shape != (len(cfg.train_tokens), model.wte.weight.shape[1]):
-                raise ValueError(f"{weights}: tensor wte.train_tokens has shape {tuple(tokens.shape)}, expected "
-                                 f"({len(cfg.train_tokens)}, {model.wte.weight.shape[1]})")
             model.wte.weight[cfg.train_tokens] = tokens.to(model.wte.weight)
     return cfg

@@ -25,7 +25,8 @@ import torch
 
 from llmbook.fileio import atomic_write, fsync_dir
 from llmbook.finetune import synthetic
-from llmbook.finetune.base import FINETUNE_FILE, chat_model, load_base, load_finetuned, model_dict
+from llmbook.finetune.base import (FINETUNE_FILE, chat_model, disable_dropout, load_base, load_finetuned,
+                                   model_dict)
 from llmbook.finetune.chat import END, ChatFormat, special_tokens
 from llmbook.finetune.config import FinetuneConfig
 from llmbook.finetune.data import (BatchLoader, EncodedPair, Example, encode_chats, encode_pairs, load_hh_pairs,
@@ -214,12 +215,13 @@ def run_dpo(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resume: 
 
     out_dir = check_out_dir(out_dir, resume)
     loaded = load_finetuned(init, device=_device(cfg), merge=True)
+    disable_dropout(loaded.model)  # the policy must equal the reference at step 0, as in TRL
     train, held = preference_pairs(cfg, loaded.chat, loaded.tokenizer)
     train = train[:cfg.dpo.steps * cfg.dpo.batch_size]
     held = held[:cfg.dpo.eval_batches * cfg.dpo.batch_size]
     pad = special_tokens(loaded.tokenizer)[END]
-    ref_train = reference_logps(loaded.model, train, pad)
-    ref_held = reference_logps(loaded.model, held, pad)
+    ref_train = reference_logps(loaded.model, train, pad, precision=cfg.run.precision)
+    ref_held = reference_logps(loaded.model, held, pad, precision=cfg.run.precision)
     meta = {"stage": "dpo", "config": cfg.to_dict(), "init": str(loaded.path),
             "data": {"train_pairs": len(train), "held_out_pairs": len(held)}}
     files = _stage_files(out_dir, loaded.tokenizer, loaded.chat, meta)
@@ -244,6 +246,7 @@ def run_grpo(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resume:
     out_dir = check_out_dir(out_dir, resume)
     g = cfg.grpo
     loaded = load_finetuned(init, device=_device(cfg), merge=True)
+    disable_dropout(loaded.model)  # sampling and old log-probs run without dropout: so must the policy's loss
     reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     items = grpo_prompts(cfg)
     pad = special_tokens(loaded.tokenizer)[END]
@@ -253,10 +256,11 @@ def run_grpo(cfg: FinetuneConfig, out_dir: str | Path, init: str | Path, resume:
     run_cfg.train.eval_every = 0
 
     def loaders(split: str, rank: int, world_size: int, seed: int) -> RolloutLoader:
-        return RolloutLoader(loaded.model, reference, loaded.chat, loaded.tokenizer, items, g, pad, seed=seed + rank)
+        return RolloutLoader(loaded.model, reference, loaded.chat, loaded.tokenizer, items, g, pad, seed=seed + rank,
+                             precision=cfg.run.precision)
 
     Trainer(run_cfg, out_dir, model=loaded.model, loaders=loaders, resume=resume, log=log,
-            objective=GRPOObjective(g.clip, g.kl), extra_files=files).fit()
+            objective=GRPOObjective(g.clip, g.kl, g.temperature), extra_files=files).fit()
     return out_dir
 
 
