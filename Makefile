@@ -23,7 +23,8 @@ SYSTEM_PACKAGES := bubblewrap libseccomp2 chromium
 
 # llama.cpp for the GGUF parity tests, compiled by pip for any x86-64 with AVX2 (a build for this machine's newest
 # instructions, such as AMX, crashes where the kernel does not enable them, e.g. in virtual machines).
-LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+# LLAVA_BUILD=OFF skips the multimodal library, which the tests do not use (a shorter build).
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
 .PHONY: book book-latex test test-gguf venv notebooks freeze check clean sysdeps
 
@@ -66,6 +67,7 @@ $(VENV)/.installed-gguf-parity: pyproject.toml $(VENV)/.installed-test
 	touch $@
 
 test-gguf: export OMP_NUM_THREADS = 1
+test-gguf: export HF_HUB_OFFLINE = 1
 test-gguf: $(VENV)/.installed-gguf-parity
 	$(PY) -m pytest -q tests/test_serve_gguf.py
 
@@ -74,6 +76,8 @@ test-gguf: $(VENV)/.installed-gguf-parity
 # and no LLMBOOK_DATA: their data comes through the registry's downloads from the data folder served on
 # 127.0.0.1 (tests/test_fresh_runtime.py).
 test: export OMP_NUM_THREADS = 1
+# Tests never reach the Hugging Face hub (bitsandbytes may look there for optional kernels at import).
+test: export HF_HUB_OFFLINE = 1
 test: sysdeps $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests --deselect tests/test_serve_gguf.py
 	$(MAKE) test-gguf
