@@ -21,7 +21,12 @@ export LLMBOOK_QUIET := 1
 # chromium runs the model explorer page in a real browser (@sec-architecture-explorer).
 SYSTEM_PACKAGES := bubblewrap libseccomp2 chromium
 
-.PHONY: book book-latex test venv notebooks freeze check clean sysdeps
+# llama.cpp for the GGUF parity tests, compiled by pip for any x86-64 with AVX2 (a build for this machine's newest
+# instructions, such as AMX, crashes where the kernel does not enable them, e.g. in virtual machines).
+# LLAVA_BUILD=OFF skips the multimodal library, which the tests do not use (a shorter build).
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+
+.PHONY: book book-latex test test-gguf venv notebooks freeze check clean sysdeps
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required, found " + sys.version.split()[0]'
@@ -55,12 +60,27 @@ sysdeps:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
 	echo "make sysdeps: apt-get could not install $$missing (tests that need them are skipped)"
 
+# GGUF parity with llama.cpp: llama-cpp-python compiles from source (about 10 minutes on 2 cores, once; pip keeps
+# the wheel), so it has its own extra and its own step.
+$(VENV)/.installed-gguf-parity: pyproject.toml $(VENV)/.installed-test
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -q -e ".[gguf-parity]"
+	touch $@
+
+test-gguf: export OMP_NUM_THREADS = 1
+test-gguf: export HF_HUB_OFFLINE = 1
+test-gguf: $(VENV)/.installed-gguf-parity
+	$(PY) -m pytest -q tests/test_serve_gguf.py
+
+
 # The unit, parity and chapter tests, then the notebooks (nbval) in a new venv with only the README's install
 # and no LLMBOOK_DATA: their data comes through the registry's downloads from the data folder served on
 # 127.0.0.1 (tests/test_fresh_runtime.py).
 test: export OMP_NUM_THREADS = 1
+# Tests never reach the Hugging Face hub (bitsandbytes may look there for optional kernels at import).
+test: export HF_HUB_OFFLINE = 1
 test: sysdeps $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not fresh_runtime" tests --deselect tests/test_serve_gguf.py
+	$(MAKE) test-gguf
 	LLMBOOK_TORCH="$(TORCH)" $(PY) -m pytest -q -m fresh_runtime tests/test_fresh_runtime.py
 
 # Quarto: the `quarto` on PATH (>= 1.9), else the quarto-cli package from PyPI in .venv (it downloads

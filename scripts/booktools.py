@@ -1072,8 +1072,11 @@ def render_citations(texts: list[str]) -> tuple[list[str], list[str]]:
     def replace(text: str) -> str:
         def one(m: re.Match) -> str:
             return rendered.get(m.group(0), m.group(0))
-        parts = re.split(r"(`[^`\n]*`)", text)  # leave inline code alone
-        return "".join(part if part.startswith("`") else CITE_GROUP.sub(one, part) for part in parts)
+        out, pos = [], 0
+        for code in CODE.finditer(text):  # leave fenced and inline code alone
+            out += [CITE_GROUP.sub(one, text[pos:code.start()]), code.group(0)]
+            pos = code.end()
+        return "".join(out) + CITE_GROUP.sub(one, text[pos:])
 
     return [replace(t) for t in texts], references
 
@@ -1117,11 +1120,12 @@ def _colab_cells(stem: str) -> list[nbformat.NotebookNode]:
     install = (
         "# On Colab: fetch the book (configs, data registry, results) and install its package with exactly\n"
         "# what the notebooks import, the `notebook` extra (does nothing elsewhere).\n"
-        "import sys\n"
+        "import os, sys\n"
         "if \"google.colab\" in sys.modules:\n"
         f"    !git clone --depth 1 --branch {branch} {url}.git llmbook-repo\n"
         "    %cd llmbook-repo\n"
         "    %pip install -q -e \".[notebook]\"\n"
+        "    sys.path.insert(0, os.path.abspath(\"code\"))  # an editable install is seen by new kernels only\n"
     )
     return [nbformat.v4.new_markdown_cell(badge), nbformat.v4.new_code_cell(install)]
 
@@ -1165,6 +1169,7 @@ def make_notebook(path: Path) -> nbformat.NotebookNode:
 
 
 NOTEBOOK_FORMAT = OutputFormat("notebook", "ipynb", "figure-ipynb", "image/png")
+NBVAL_IGNORE_OUTPUT = "nbval-ignore-output"  # nbval's cell tag: run the cell, do not compare its output
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
@@ -1210,12 +1215,20 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, name: str, timeout: i
 
 
 def readable_outputs(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
-    """Cross-references and citations in Markdown outputs (tables that cite their sources) in words too."""
+    """Cross-references and citations in Markdown outputs (tables that cite their sources) in words too.
+
+    A cell whose output this rewrites no longer prints what it stores, so it is tagged for nbval to run it
+    without comparing its output (strict nbval would otherwise fail on it in every fresh run)."""
     targets, titles = crossref_targets(), _chapter_titles()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/markdown" in o.get("data", {})]
-    texts = [readable_crossrefs(_text(o["data"]["text/markdown"]), stem, targets, titles) for o in outputs]
+    outputs = [(c, o) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "text/markdown" in o.get("data", {})]
+    texts = [readable_crossrefs(_text(o["data"]["text/markdown"]), stem, targets, titles) for _, o in outputs]
     texts, _ = render_citations(texts)
-    for output, text in zip(outputs, texts):
+    for (cell, output), text in zip(outputs, texts):
+        if text != _text(output["data"]["text/markdown"]):
+            tags = cell.metadata.setdefault("tags", [])
+            if NBVAL_IGNORE_OUTPUT not in tags:
+                tags.append(NBVAL_IGNORE_OUTPUT)
         output["data"]["text/markdown"] = text
     return nb
 
@@ -1320,9 +1333,15 @@ def fit_code(path: Path, width: int | None = None) -> int:
             return out
 
         out, pos = [], 0
-        for stmt in tree.body:
+        for i, stmt in enumerate(tree.body):
             start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])]) - 1
+            if start < pos:  # a statement sharing lines with the one before (`a(); b()`): already written
+                continue
             end = stmt.end_lineno
+            for later in tree.body[i + 1:]:  # statements that start on this statement's last line
+                if later.lineno > end:
+                    break
+                end = max(end, later.end_lineno)
             out.extend(loose(code_lines[pos:start]))
             chunk = code_lines[start:end]
             if any(len(line) > width for line in chunk):
@@ -1343,6 +1362,7 @@ def fit_code(path: Path, width: int | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- references
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
+CODE = re.compile(f"{FENCE.pattern}|{INLINE_CODE.pattern}", re.S | re.M)
 HEADING_ID = re.compile(r"\{#((?:sec|fig|tbl|eq|lst)-[\w-]+)[^}]*\}")
 REFERENCE = re.compile(r"(?<![\w@])-?@((?:fig|tbl|sec|eq|lst)-[\w-]*\w)")
 CITATION = re.compile(r"(?<![\w@.])-?@([A-Za-z0-9_][\w:.#$%&+?<>~/-]*\w|[A-Za-z0-9_])")

@@ -217,3 +217,16 @@ def test_fit_code_reformats_only_long_statements(tmp_path):
     assert max(len(line) for line in after.source.splitlines()) <= 88
     assert ast.dump(ast.parse(after.source)) == ast.dump(ast.parse(before))
     assert chapter.read_text(encoding="utf-8").endswith("```\n\nProse.\n")
+
+
+def test_fit_code_writes_statements_that_share_a_line_once(tmp_path):
+    import ast
+
+    chapter = tmp_path / "c.qmd"
+    calls = "; ".join(f"first_function_name_{i}(argument_one, argument_two)" for i in range(3))
+    chapter.write_text("# C\n\n```{python}\n" + calls + "\nafter = 1\n```\n", encoding="utf-8")
+    before = booktools.quarto_cells(chapter)[1].source
+    booktools.fit_code(chapter)
+    after = booktools.quarto_cells(chapter)[1].source
+    assert ast.dump(ast.parse(after)) == ast.dump(ast.parse(before))  # each call once, in order
+    assert max(len(line) for line in after.splitlines()) <= 88 and after.endswith("after = 1")

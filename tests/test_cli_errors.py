@@ -93,11 +93,40 @@ def test_data_tokenize_refuses_a_folder_it_did_not_write(ws, tmp_path, capsys):
     assert snapshot(tmp_path) == before and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
+def test_data_tokenize_refuses_a_folder_another_command_is_writing(ws, tmp_path, capsys):
+    """Its own lock lives beside the folder it swaps in; the folder's lock, held by a training run, is respected too."""
+    from llmbook.fileio import run_lock
+
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    before = snapshot(run)
+    with run_lock(run):  # a training run writing there
+        main_error(capsys, WRITERS["data tokenize"][1](ws, run), "data", str(run), "is in use by process")
+    assert snapshot(run) == before and not (run / "manifest.json").exists()
+
+
 def test_export_refuses_a_folder_that_is_not_a_model_folder(ws, tmp_path, capsys):
     (tmp_path / "thesis.tex").write_text("mine")
     main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "'thesis.tex'",
                "is not a model folder")
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_export_does_not_overwrite_an_applications_config_json(ws, tmp_path, capsys):
+    """A config.json alone does not make a model folder: a project's own config.json and files stay untouched."""
+    (tmp_path / "config.json").write_text('{"name": "my app", "port": 8080}')
+    (tmp_path / "app.py").write_text("print('mine')")
+    before = snapshot(tmp_path)
+    main_error(capsys, WRITERS["export"][1](ws, tmp_path), "export", str(tmp_path), "is not a model folder")
+    assert snapshot(tmp_path) == before
+    step = shutil.copytree(ws.run / "checkpoints" / "step_00000002", tmp_path / "step")  # its config.json is ours
+    before = snapshot(step)
+    main_error(capsys, WRITERS["export"][1](ws, step), "export", str(step), "is not a model folder")
+    assert snapshot(step) == before  # the checkpoint still matches its manifest
+    model = tmp_path / "model"  # a model folder, such as an earlier export, is rewritten in place
+    assert main(["export", "--checkpoint", str(ws.run), "--out", str(model)]) == 0
+    (model / "notes.txt").write_text("mine")
+    assert main(["export", "--checkpoint", str(ws.run), "--out", str(model)]) == 0
+    assert (model / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
@@ -170,6 +199,32 @@ def test_garbage_or_non_utf8_files_name_the_file(ws, tmp_path, capsys, case):
     main_error(capsys, argv, command, *map(str, needles))
 
 
+@pytest.mark.parametrize("content,needle", [
+    (b'{"step": 1}\n[1, 2]\n{"step": 2}\n', "line 2 is '[1, 2]', not a JSON object"),
+    (b'{"step": 1}\n\xff\xfe\n', "not UTF-8 text (byte 0xff"),
+], ids=["not-an-object", "not-utf8"])
+def test_resume_with_a_metrics_log_that_is_not_ours_names_it(ws, tmp_path, capsys, content, needle):
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    (run / "metrics.jsonl").write_bytes(content)
+    main_error(capsys, ["train", "--config", ws.cfg, "--out", run, "--resume", "--train.steps=3"], "train",
+               f"{run / 'metrics.jsonl'}: {needle}")
+    assert (run / "metrics.jsonl").read_bytes() == content
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_names_it(ws, tmp_path, capsys):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(ws.cfg.read_bytes() + "# r\xe9sum\xe9\n".encode("latin-1"))
+    main_error(capsys, ["train", "--config", bad, "--out", tmp_path / "run"], "train", str(bad), "not UTF-8 text")
+    main_error(capsys, ["train", "--config", tmp_path, "--out", tmp_path / "run"], "train", str(tmp_path),
+               "is a directory, not a TOML file")
+
+
+def test_a_vocabulary_size_typo_is_one_line_not_an_out_of_memory_abort(ws, tmp_path):
+    done = run_llmbook("tokenizer", "train", "--input", ws.corpus, "--vocab-size", "32000000000",
+                       "--out", tmp_path / "t")
+    assert_one_line_error(done.returncode, done.stderr, "tokenizer", "--vocab-size must be at most", "32,000,000,000")
+
+
 def test_non_utf8_documents_are_repaired_and_counted_not_fatal(ws, tmp_path, capsys):
     """Bytes that are not UTF-8 in a corpus become U+FFFD (as `data prepare` repairs them), and the count is shown."""
     latin1 = bad_files(tmp_path)["latin1.txt"]
@@ -186,6 +241,33 @@ def test_resume_with_a_changed_model_shape_names_the_field(ws, tmp_path, capsys)
                "step_00000002 was written for a different model shape", "blocks.2.", "n_layer: 2 in the checkpoint, 3 now")
     main_error(capsys, ["train", "--config", ws.cfg, "--out", run, "--resume", "--model.n_embd=48", "--model.n_head=2"],
                "train", "wte.weight has shape [300, 32] in the checkpoint and [300, 48] in this model")
+
+
+def _replace_in_checkpoint(step: Path, name: str, obj) -> None:
+    """Save `obj` as `name` in checkpoint `step` and record it in the manifest, as a checkpoint of another
+    version, or a hand-edited one, would hold it."""
+    from llmbook.fileio import file_sha256
+
+    torch.save(obj, step / name)
+    manifest = json.loads((step / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": (step / name).stat().st_size, "sha256": file_sha256(step / name)}
+    (step / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name,obj,needle", [
+    ("rank_00000.pt", torch.zeros(2), "rank_00000.pt has no 'step'"),
+    ("rank_00000.pt", {}, "rank_00000.pt has no 'step'"),
+    ("rank_00000.pt", "step-as-text", "rank_00000.pt has a step or token count that is not an integer"),
+    ("optimizer.pt", {"state": {}}, "optimizer.pt does not fit this model's optimizer"),
+], ids=["rank-tensor", "rank-empty", "rank-step-text", "optimizer-without-groups"])
+def test_resume_from_a_checkpoint_with_foreign_state_is_one_line(ws, tmp_path, capsys, name, obj, needle):
+    run = shutil.copytree(ws.run, tmp_path / "run")
+    step = run / "checkpoints" / "step_00000002"
+    if obj == "step-as-text":
+        obj = {**torch.load(step / name, weights_only=True), "step": "2"}
+    _replace_in_checkpoint(step, name, obj)
+    main_error(capsys, ["train", "--config", ws.cfg, "--out", run, "--resume", "--train.steps=3"], "train",
+               "step_00000002", needle)
 
 
 @pytest.mark.parametrize("files,needle", [(None, "field 'files' is missing"), ([1, 2], "field 'files' is malformed"),
@@ -207,6 +289,7 @@ def test_a_manifest_without_or_with_malformed_files(ws, tmp_path, capsys, files,
 @pytest.mark.parametrize("flag,value,needle", [("--temperature", "nan", "--temperature must be a finite number >= 0"),
                                                ("--temperature", "-1", "got -1.0"),
                                                ("--samples", "0", "--samples must be at least 1, got 0"),
+                                               ("--prompt", "caf\udce9", "--prompt 'caf\\udce9': not UTF-8 text"),
                                                ("--max-new-tokens", "0", "--max-new-tokens must be at least 1"),
                                                ("--top-k", "-3", "--top-k must be >= 0 (0: off), got -3")])
 def test_generate_sampling_settings(ws, capsys, flag, value, needle):
@@ -236,7 +319,9 @@ def test_eval_ppl_device(ws, tmp_path, capsys):
                                              ("--optim.eps=inf", "[optim] eps must be a finite number, got inf"),
                                              ("--optim.lr=nan", "[optim] lr must be a finite number, got nan"),
                                              ("--train.compile=maybe", "[train] compile must be true or false, got 'maybe'"),
-                                             ("--data.batch_size=2.5", "[data] batch_size must be an integer, got 2.5")])
+                                             ("--data.batch_size=2.5", "[data] batch_size must be an integer, got 2.5"),
+                                             ("--model.bias=maybe", "GPTConfig.bias must be true or false"),
+                                             ("--model.dropout=abc", "GPTConfig.dropout must be a number, got 'abc'")])
 def test_train_overrides_are_validated(ws, tmp_path, capsys, override, needle):
     main_error(capsys, ["train", "--config", ws.cfg, "--out", tmp_path / "run", override], "train", needle)
     assert not (tmp_path / "run").exists()

@@ -263,6 +263,15 @@ def test_bad_input_names_task_file_and_line(tmp_path):
         get_task("piqa").load(tmp_path)
     with pytest.raises(FileNotFoundError, match="task 'hellaswag'"):
         get_task("hellaswag").load(tmp_path)
+    (tmp_path / "hellaswag").mkdir()
+    good = {"query": "the cat", "endings": [" sat", " ran", " slept", " ate"], "label": "1"}
+    for bad, needle in [({"label": 4}, "gold answer 4 is not one of the 4 choices"),
+                        ({"endings": []}, "gold answer 1 is not one of the 0 choices"),
+                        ({"query": 5}, "malformed record")]:
+        (tmp_path / "hellaswag" / "hellaswag_val_dev.jsonl").write_text(json.dumps(good) + "\n" +
+                                                                         json.dumps({**good, **bad}) + "\n")
+        with pytest.raises(ValueError, match=rf"hellaswag_val_dev.jsonl:2: {needle}"):
+            get_task("hellaswag").load(tmp_path)
     with pytest.raises(ValueError, match="unknown task 'hellaswog'"):
         get_task("hellaswog")
 

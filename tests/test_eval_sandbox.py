@@ -186,7 +186,43 @@ def test_no_secrets_are_readable_shadow_root_or_homes():
     assert "READ" not in res.stdout, res.stdout
     files = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("FILE")]
     # all there is: the loader cache, and the interpreter's installation if it lives under a home directory
-    assert all(f == "/etc/ld.so.cache" or any(f.startswith(d + "/") for d in bound) for f in files), files[:20]
+    assert all(f == "/etc/ld.so.cache" or any(f == d or f.startswith(d + "/") for d in bound)
+               for f in files), files[:20]
+
+
+@sandboxed
+def test_only_the_interpreter_and_its_lib_are_shown_of_a_prefix_in_a_home(tmp_path, monkeypatch):
+    """Python built with --prefix=$HOME/.local: the sandbox sees bin/pythonX.Y and lib/, not ~/.local/share."""
+    real = Path(sys.base_exec_prefix).resolve()
+    prefix = Path("/var/tmp") / f"llmbook-prefix-{uuid.uuid4().hex}" / "home" / "user" / ".local"  # /tmp is the tmpfs
+    exe = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        (prefix / "bin").mkdir(parents=True)
+        (prefix / "share").mkdir()
+        (prefix / "share" / "secret.txt").write_text("keep out")
+        try:  # hard links: the same installation (without its site-packages) at a second path, at no cost in space
+            os.link(real / "bin" / exe, prefix / "bin" / exe)
+            for d, dirs, files in os.walk(real / "lib"):
+                dirs[:] = [x for x in dirs if x != "site-packages"]
+                (prefix / Path(d).relative_to(real)).mkdir(exist_ok=True)
+                for f in files:
+                    os.link(Path(d) / f, prefix / Path(d).relative_to(real) / f, follow_symlinks=False)
+        except OSError:
+            pytest.skip("cannot hard-link this interpreter's installation into /var/tmp")
+        for path in [prefix.parents[2], *prefix.parents[2].rglob("*")]:
+            if path.is_dir() and not path.is_symlink():  # new folders only: the linked files are the installation's
+                path.chmod(0o755)
+        monkeypatch.setattr(sys, "base_prefix", str(prefix))
+        monkeypatch.setattr(sys, "base_exec_prefix", str(prefix))
+        own = sandbox._interpreters()[0]
+        assert own.python_dirs == (str(prefix / "bin" / exe), str(prefix / "lib"))
+        src = (f"import os\nprint(sorted(os.listdir({str(prefix)!r})))\n"
+               f"print(os.path.exists({str(prefix / 'share')!r}))\n")
+        res = sandbox._run(src, FAST, own)
+        assert res.passed, res
+        assert res.stdout.split("\n")[:2] == ["['bin', 'lib']", "False"]
+    finally:
+        subprocess.run(["rm", "-rf", str(prefix.parents[2])], check=False)
 
 
 @sandboxed
@@ -297,6 +333,27 @@ def test_disk_fill_stops_at_the_tmpfs_size():
     res = run(src, Limits(file_size_mb=4, disk_mb=8))
     assert res.passed and "WROTE" not in res.stdout, res
     assert f"stopped {errno.ENOSPC}" in res.stdout and int(res.stdout.split("MB ")[1]) <= 8, res.stdout
+
+
+HIDDEN_MEMORY = {  # each holds 192 MB of the host's memory outside the address space that memory_mb bounds
+    "memfd": "import os\nfds = []\nfor i in range(12):\n    fds.append(os.memfd_create('m'))\n"
+             "    for _ in range(16):\n        os.write(fds[-1], b'x' * (1 << 20))\n",
+    "sysv-shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+                "for i in range(3):\n    sid = libc.shmget(0, 64 << 20, 0o1600)\n"
+                "    assert sid >= 0, ctypes.get_errno()\n"
+                "    p = libc.shmat(sid, None, 0)\n    ctypes.memset(p, 1, 64 << 20)\n"
+                "    libc.shmdt(ctypes.c_void_p(p))\n",
+    "socket-buffers": "import socket\npairs = []\nfor i in range(900):\n    a, b = socket.socketpair()\n"
+                      "    a.setblocking(False)\n    pairs.append((a, b))\n    try:\n        while True:\n"
+                      "            a.send(b'x' * 65536)\n    except BlockingIOError:\n        pass\n",
+}
+
+
+@sandboxed
+@pytest.mark.parametrize("attack", HIDDEN_MEMORY.values(), ids=HIDDEN_MEMORY.keys())
+def test_memory_outside_the_address_space_is_bounded_too(attack):
+    res = run(attack + "print('HELD')\n", Limits(timeout_s=20, cpu_s=10, memory_mb=128))
+    assert res.status == "failed" and "HELD" not in res.stdout, res
 
 
 @sandboxed

@@ -545,6 +545,8 @@ class CompletionServer(BaseHTTPRequestHandler):
 
 
 def test_live_mode_is_off_until_asked_and_reads_logprobs(browser, explorer):
+    from playwright.sync_api import expect
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), CompletionServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -572,7 +574,8 @@ def test_live_mode_is_off_until_asked_and_reads_logprobs(browser, explorer):
         assert tab.errors == [] and tab.network() == [base + "/v1/completions"]
         CompletionServer.reply = (200, b"<html>not json</html>")
         page.click("#live-run")
-        page.wait_for_function("document.getElementById('live-status').textContent.includes('not JSON')")
+        # a locator assertion polls without evaluating a string in the page (its CSP forbids eval)
+        expect(page.locator("#live-status")).to_contain_text("not JSON")
         assert page.is_hidden("#live-table") and page.evaluate("window.pwned") is None
     finally:
         page.close()

@@ -65,6 +65,34 @@ def test_lock_refuses_a_second_process_then_takes_over_when_it_dies(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()  # released on exit
 
 
+def test_deleting_the_lock_file_of_a_running_holder_does_not_let_a_second_writer_in(tmp_path):
+    proc = holder(tmp_path)
+    try:
+        (tmp_path / LOCK_NAME).unlink()  # "a stale lock", thinks the user
+        with pytest.raises(LockedError, match=rf"{tmp_path} is in use by another process \(its lock file"):
+            run_lock(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+    with run_lock(tmp_path):  # free again once the holder is gone
+        pass
+    mine = run_lock(tmp_path / "sub")
+    (tmp_path / "sub" / LOCK_NAME).unlink()
+    (tmp_path / "sub" / LOCK_NAME).write_text("someone else's")
+    mine.release()  # removes only its own lock file
+    assert (tmp_path / "sub" / LOCK_NAME).read_text() == "someone else's"
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    victim = tmp_path / "bashrc"
+    victim.write_text("mine")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_NAME).symlink_to(victim)  # planted in a shared folder, or left by a careless copy
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'run' / LOCK_NAME}: is a symbolic link"):
+        run_lock(tmp_path / "run")
+    assert victim.read_text() == "mine" and (tmp_path / "run" / LOCK_NAME).is_symlink()
+
+
 def test_lock_is_released_when_the_work_raises(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with run_lock(tmp_path):

@@ -49,20 +49,26 @@ def _run(cmd: list, **kw) -> None:
 
 @pytest.fixture
 def mirror(data_dir):
-    """The data folder served over HTTP on 127.0.0.1 (an ephemeral port), as `LLMBOOK_DATA_MIRROR` expects it."""
+    """The data folder served over HTTP on 127.0.0.1 (an ephemeral port), as `LLMBOOK_DATA_MIRROR` expects it;
+    yields its URL and the list of (path, status) it answered."""
+    answered: list[tuple[str, int]] = []
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
+        def log_request(self, code="-", size="-"):
+            answered.append((self.path, int(code)))
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(data_dir)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}", answered
     server.shutdown()
     server.server_close()
 
 
 def test_notebooks_pass_in_a_fresh_runtime(root, mirror, tmp_path):
+    url, answered = mirror
     # the README's install, in a new venv: torch first, then the package (built from a copy of the source,
     # not installed in editable mode, so missing package data would show) with the notebook extra
     source = tmp_path / "source"
@@ -78,7 +84,7 @@ def test_notebooks_pass_in_a_fresh_runtime(root, mirror, tmp_path):
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("LLMBOOK_DATA", "LLMBOOK_OFFLINE", "PYTHONPATH", "PYTEST_XDIST_WORKER")}
-    env.update(LLMBOOK_DATA_MIRROR=mirror, LLMBOOK_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"),
+    env.update(LLMBOOK_DATA_MIRROR=url, LLMBOOK_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"),
                PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
     (tmp_path / "home").mkdir()
     notebooks = sorted((root / "notebooks").glob("*.ipynb"))
@@ -93,3 +99,6 @@ def test_notebooks_pass_in_a_fresh_runtime(root, mirror, tmp_path):
     cached = {str(p.relative_to(tmp_path / "cache" / "data")) for p in (tmp_path / "cache" / "data").rglob("*")
               if p.is_file()}
     assert cached, "the notebooks read no data through the registry's download path"
+    # every cached file came from the mirror, and every request named a file of the data folder
+    assert {path.lstrip("/") for path, status in answered if status == 200} == cached
+    assert all(status == 200 for _, status in answered), f"failed requests: {answered}"

@@ -8,6 +8,8 @@ left frozen at "0%". Its setup cell installs, on Colab, exactly what the noteboo
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import booktools
 import nbformat
@@ -36,6 +38,15 @@ $$ {#eq-demo}
 ::: {.callout-note title="Try it"}
 Change `n`.
 :::
+
+From the shell:
+
+```bash
+llmbook data download --list
+```
+
+Byte-pair encoding [@gage1994bpe;
+@sennrich2016bpe] merges pairs.
 
 ```{python}
 #| label: fig-demo
@@ -79,6 +90,7 @@ def test_notebook_words_for_references_and_citations(demo_notebook):
     assert "(Vaswani et al. 2017)" in text and "as Kaplan et al. (2020) did" in text
     assert "\\tag{1.1}$$" in text and "{#eq-demo}" not in text
     assert "**Try it**" in text and ":::" not in text
+    assert "Byte-pair encoding (Gage 1994; Sennrich et al. 2016) merges pairs." in text  # after a fenced block
     assert "**Figure 1.1:** A line (Equation 1.1)." in markdown
     assert markdown[-1].startswith("## References") and "Attention Is All You Need" in markdown[-1]
     assert "We count `{python} n` things" in text  # filled in when the notebook is executed
@@ -98,10 +110,36 @@ def test_notebook_execution_writes_values_and_drops_widgets(demo_notebook, tmp_p
         "application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "  0%|          | 0/3"})
     bar = nbformat.v4.new_output("stream", name="stderr", text="100%|##########| 3/3 [00:00<00:00]\n")
     cell = executed.cells[-2]
+    assert not [o for o in cell.outputs if "TqdmWarning" in o.get("text", "")], "tqdm.auto without ipywidgets"
     cell.outputs = [widget, bar]
     executed.metadata["widgets"] = {"state": {}}
     booktools.strip_progress(executed)
     assert cell.outputs == [] and "widgets" not in executed.metadata
+
+
+def test_outputs_with_citations_in_words_still_pass_strict_nbval(tmp_path):
+    """`readable_outputs` writes a Markdown output's citations in words, which the cell does not print when
+    it runs again: the cell is tagged so that strict nbval (the fresh-runtime test) runs it without
+    comparing that output, while the other cells are still compared."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": booktools.KERNEL, "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("from IPython.display import Markdown\n"
+                                          "Markdown('| model | source |\\n|--|--|\\n| GPT | [@vaswani2017attention] |')"),
+                nbformat.v4.new_code_cell("print(6 * 7)")]
+    booktools.execute_notebook(nb, tmp_path, "cited")
+    booktools.readable_outputs(nb, "cited")
+    assert "(Vaswani et al. 2017)" in nb.cells[0].outputs[0]["data"]["text/markdown"]
+    assert nb.cells[0].metadata["tags"] == ["nbval-ignore-output"] and "tags" not in nb.cells[1].metadata
+    path = tmp_path / "cited.ipynb"
+    path.write_text(nbformat.writes(nb), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", path.name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    nb.cells[1].outputs[0]["text"] = "41\n"  # the uncited cell is still compared
+    path.write_text(nbformat.writes(nb), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", path.name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1 and "Cell 1" in done.stdout
 
 
 def test_colab_setup_cell_installs_the_notebook_extra(root):
@@ -111,6 +149,40 @@ def test_colab_setup_cell_installs_the_notebook_extra(root):
     assert '%pip install -q -e ".[notebook]"' in setup
     assert f"--branch {booktools.repo_branch()} {booktools.repo_url()}.git" in setup
     assert booktools.colab_url(STEMS[0]) in nb.cells[0].source
+
+
+def test_every_reader_install_is_the_notebook_extra(root):
+    """The README, the preface and environment.yml tell a reader to install what the Colab cell installs:
+    the package with its `notebook` extra (a bare `pip install -e .` misses libraries the notebooks import)."""
+    for name in ("README.md", "index.qmd", "environment.yml"):
+        text = (root / name).read_text(encoding="utf-8")
+        assert 'pip install -e ".[notebook]"' in text, f"{name}: no reader install of the notebook extra"
+        assert not re.search(r"pip install (-e )?\.(?!\[)", text), f"{name}: an install without the notebook extra"
+
+
+def test_colab_setup_cell_makes_the_package_importable_in_the_running_kernel(tmp_path):
+    """On Colab the cell clones the book and installs it editable. An editable install reaches `sys.path`
+    through a .pth file that only kernels started later read, so the cell must make the clone's package
+    importable in the kernel that ran it. Here Colab is faked: `!git clone` makes a clone holding a probe
+    package under code/, and `%pip` only records its arguments."""
+    fake_colab = nbformat.v4.new_code_cell(
+        "import pathlib, sys, types\n"
+        "sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+        "PIP = []\n"
+        "def fake_system(cmd):\n"
+        "    assert cmd.startswith('git clone') and cmd.endswith(' llmbook-repo'), cmd\n"
+        "    probe = pathlib.Path('llmbook-repo/code/colab_probe')\n"
+        "    probe.mkdir(parents=True)\n"
+        "    (probe / '__init__.py').write_text('')\n"
+        "get_ipython().system = fake_system\n"
+        "get_ipython().register_magic_function(lambda line: PIP.append(line), 'line', 'pip')\n")
+    check = nbformat.v4.new_code_cell(
+        "import colab_probe\n"
+        "assert pathlib.Path(colab_probe.__file__).parent.parent == pathlib.Path.cwd() / 'code'\n"
+        "assert PIP == ['install -q -e \".[notebook]\"'], PIP")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [fake_colab, booktools._colab_cells("demo")[1], check]
+    booktools.execute(nb, tmp_path, "colab-setup")
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -138,6 +210,8 @@ def test_notebook_reads_like_the_book(stem, root):
             assert "from llmbook.book import inline as _inline" not in source, "a Markdown(...) cell of inline values"
             kinds = {k for o in cell.get("outputs", []) for k in o.get("data", {})}
             assert not kinds & set(booktools.WIDGET_MIMES), f"notebooks/{stem}.ipynb: a progress widget output"
+            assert not any("TqdmWarning" in o.get("text", "") for o in cell.get("outputs", [])), \
+                f"notebooks/{stem}.ipynb: a TqdmWarning output (ipywidgets missing where it was executed)"
     assert "widgets" not in nb.metadata
 
 

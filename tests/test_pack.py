@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -216,6 +217,28 @@ def test_failed_write_keeps_the_previous_shard_set(tmp_path):
     assert read_manifest(out) == new and new["documents"] == 50
     names = {s["file"] for split in new["splits"].values() for s in split["shards"]}
     assert {p.name for p in out.iterdir()} == names | {"manifest.json"}  # no stale shard of the old set
+
+
+def test_rewrite_keeps_the_folders_permissions_and_changes_made_while_tokenizing(tmp_path):
+    out = tmp_path / "shards"
+    out.mkdir()
+    out.chmod(0o750)
+    (out / "notes.txt").write_text("old")
+
+    def encode(text):  # the user saves a new version of a file in the folder while the shards are written
+        if text == "doc 3":
+            tmp = out / "notes.txt.new"
+            tmp.write_text("new")
+            tmp.replace(out / "notes.txt")
+        return byte_encode(text)
+
+    write_shards([f"doc {i}" for i in range(6)], encode, out, eos_id=EOS, progress=False)
+    assert (out / "notes.txt").read_text() == "new"
+    assert out.stat().st_mode & 0o777 == 0o750
+    umask = os.umask(0)
+    os.umask(umask)
+    write_shards(["doc"], byte_encode, tmp_path / "new", eos_id=EOS, progress=False)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not mkdtemp's 0700
 
 
 def test_rewrite_keeps_other_files_of_the_folder(tmp_path):

@@ -99,6 +99,10 @@ def test_hub_corpora_stream_a_sample_through_the_registry(monkeypatch):
 
     calls = []
     monkeypatch.setattr(sources, "read_hf", lambda *args, **kw: calls.append((args, kw)) or iter(()))
+    with pytest.raises(registry.DataUnavailable, match="fineweb-edu.*LLMBOOK_OFFLINE"):  # tests never stream the hub
+        load_corpus("fineweb-edu", max_docs=5)
+    assert calls == []
+    monkeypatch.delenv("LLMBOOK_OFFLINE")
     list(load_corpus("fineweb-edu", max_docs=5))
     assert calls[0][0][:4] == ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text")
     assert calls[0][1]["max_docs"] == 5 and calls[0][1]["revision"]

@@ -17,6 +17,11 @@ COMMANDS: dict[str, str] = {
     "eval": "llmbook.eval.cli",
     "speedrun": "llmbook.speedrun.cli",
     "explore": "llmbook.explore.cli",
+    "finetune": "llmbook.finetune.cli",
+    "chat": "llmbook.finetune.interactive",
+    "serve": "llmbook.serve.cli",
+    "rag": "llmbook.apps.cli",
+    "card": "llmbook.apps.card",
 }
 
 

@@ -116,11 +116,14 @@ class RunLock:
     The lock is an OS file lock (`fcntl.flock`) on `DIR/.llmbook.lock`, which records the holder's PID. The OS
     drops it when the holder exits, even on SIGKILL, so a lock file left by a dead process is stale: the next
     run takes it over and says so. A second live writer gets LockedError naming the holder (@sec-scale-checkpoint).
+    The folder itself is locked too where the file system allows it, so deleting the lock file while its
+    holder runs does not let a second writer in.
     """
 
     def __init__(self, directory: str | Path, name: str = LOCK_NAME, log: Callable[[str], None] | None = None):
         self.path = Path(directory) / name
         self._fd: int | None = None
+        self._dir_fd: int | None = None
         self._log = log if log is not None else (lambda msg: print(msg, file=sys.stderr))
 
     def acquire(self) -> "RunLock":
@@ -129,7 +132,13 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         collected = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symbolic link: the PID would overwrite the file it points to
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                if not self.path.is_symlink():
+                    raise
+                raise ValueError(f"{self.path}: is a symbolic link, not a lock file written by llmbook; remove it "
+                                 "and run again") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -154,6 +163,12 @@ class RunLock:
             if same:
                 break
             os.close(fd)
+        try:
+            self._dir_fd = _lock_folder(self.path.parent) if self.path.name == LOCK_NAME else None
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"{self.path.parent} is in use by another process (its lock file {self.path.name} was "
+                              "deleted while it runs); wait for it to finish or choose another output") from None
         previous = _read_pid(fd)
         if previous and previous != os.getpid() and not _pid_alive(previous):
             self._log(f"took over the lock of {self.path.parent} left by process {previous}, which is no longer running")
@@ -172,10 +187,14 @@ class RunLock:
             return
         fd, self._fd = self._fd, None
         try:
-            os.unlink(self.path)  # while still holding the lock, so no other process holds an unlinked one
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:  # never another process's lock file
+                os.unlink(self.path)  # while still holding the lock, so no other process holds an unlinked one
         except OSError:
             pass
         os.close(fd)
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire() if not self.held else self
@@ -185,6 +204,26 @@ class RunLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _lock_folder(directory: Path) -> int | None:
+    """flock the folder itself: its descriptor, or None where folders cannot be locked (NFS); BlockingIOError
+    if another process holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a folder we may write but not read
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _read_pid(fd: int) -> int | None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
 
 def progress_bar(iterable: Iterable | None = None, progress: bool = True, **kwargs: Any) -> Any:
-    """A tqdm bar that `TQDM_DISABLE=1` can silence (passing `disable=False` would override the variable)."""
+    """A tqdm bar that `TQDM_DISABLE=1` silences, read when the bar is made: tqdm reads
+    the variable only on import, and Jupyter's bar (`tqdm.notebook`) ignores it."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, **kwargs, **({} if progress else {"disable": True}))
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    off = {"disable": True} if quiet or not progress else {}
+    return tqdm(iterable, **kwargs, **off)

@@ -59,6 +59,7 @@ def _gutenberg() -> Dataset:
         "gutenberg", "Project Gutenberg, 129 English public-domain books",
         licence="public domain in the USA (Project Gutenberg texts); some authors died after 1955",
         source="RU-ECE/ECE451-Parallel and paytonison/tater-tot, per book; PG header and footer removed",
+        citation="projectgutenberg",
         notes="a sample: `sources.load_corpus('gutenberg', max_docs=N)` fetches only the first N books",
         files=(
             DataFile("gutenberg/gutenberg_en.txt.xz", "4ace1eefce69c8e342b3bce3f27504d7fa89ffc22d2aa9008d2b6bea3973a8d2", 20631432,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -186,8 +187,10 @@ def run_tokenize(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()  # `--out .` still names a folder with a parent to hold the lock
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory; refusing to replace a file")
-    # the shard folder is replaced by a rename at the end, so its lock lives beside it
-    with run_lock(output_dir(out.parent, "--out's parent"), name=f".{out.name}.lock"):
+    # the shard folder is replaced by a rename at the end, so its lock lives beside it; an existing folder's own
+    # lock is held too, so a training run or another command writing there is refused, not moved away
+    with run_lock(output_dir(out.parent, "--out's parent"), name=f".{out.name}.lock"), \
+            (run_lock(out) if out.is_dir() else contextlib.nullcontext()):
         return _tokenize(args, out)
 
 

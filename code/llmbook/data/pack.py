@@ -124,16 +124,19 @@ def write_shards(
     out = Path(out_dir)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = _new_sibling(out, "tmp")
     try:
+        manifest = _write_shards(texts, encode, tmp, eos_id, shard_tokens, tokenizer_hash, vocab_size, val_fraction,
+                                 bound, dtype, progress)
+        # carried over last, just before the swap: a file changed in `out` while tokenizing is not lost
         for entry in out.iterdir() if out.is_dir() else ():
             if not _SHARD_FILE.fullmatch(entry.name):
                 if entry.is_dir():
                     shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy, symlinks=True)
                 else:
                     _link_or_copy(entry, tmp / entry.name)
-        manifest = _write_shards(texts, encode, tmp, eos_id, shard_tokens, tokenizer_hash, vocab_size, val_fraction,
-                                 bound, dtype, progress)
+        if out.is_dir():
+            shutil.copymode(out, tmp)  # the folder keeps its permissions
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,6 +162,17 @@ def _check_replaceable(out: Path) -> None:
     if clash:
         raise ValueError(f"{out} holds {clash[0]} but no valid shard manifest: not a shard folder written by "
                          "write_shards; refusing to replace it (choose a new or empty folder)")
+
+
+def _new_sibling(out: Path, kind: str) -> Path:
+    """A new, empty folder `.NAME.KIND-XXXXXXXX` beside `out`, with the umask's permissions (mkdtemp's are 0700)."""
+    while True:
+        path = out.parent / f".{out.name}.{kind}-{os.urandom(4).hex()}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:

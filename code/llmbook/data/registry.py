@@ -11,18 +11,24 @@ A data file is named by its path relative to the data root, laid out like the bo
    pinned upstream files by `llmbook.data.convert`.
 
 Every download is checked against the sha256 the registry records before it lands in the cache, written
-atomically, so an interrupted or corrupted transfer leaves nothing behind. `LLMBOOK_OFFLINE=1` forbids
-downloads (the test suite sets it). Chapters, notebooks, tests and the CLI never build data paths
+atomically, so an interrupted or corrupted transfer leaves nothing behind; a body longer than the recorded
+size is cut off. A file found in the cache is checked again (once per process while it is unchanged), so a
+damaged or stale copy is downloaded anew instead of being used. `LLMBOOK_OFFLINE=1` forbids downloads (the
+test suite sets it). Chapters, notebooks, tests and the CLI never build data paths
 themselves: they call `fetch`.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import http.client
 import lzma
 import os
 import re
+import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -216,18 +222,63 @@ def local(relpath: str) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------- fetch
 def fetch(relpath: str, progress: bool = True) -> Path:
-    """Local path of the data file `relpath` ('folder/file'): `LLMBOOK_DATA`, the cache, else a checked download."""
+    """Local path of the data file `relpath` ('folder/file'): `LLMBOOK_DATA`, the cache, else a checked download.
+
+    A registered file found in the cache is checked against its sha256 first; a damaged or stale copy is
+    downloaded again (or, offline, refused with both checksums)."""
     found = local(relpath)
-    if found is not None:
-        return found
     rel = str(checked_name(relpath))
     entry = registry().files.get(rel)
+    dest = cache_root() / "data" / rel
+    if found is not None and (entry is None or found != dest):
+        return found
     where = f"LLMBOOK_DATA ({os.environ.get('LLMBOOK_DATA') or 'unset'}) nor the cache ({cache_root() / 'data'})"
     if entry is None:
         raise DataUnavailable(f"data file {relpath!r} is in neither {where}, and the registry has no such file")
-    if offline():
+    if found is not None:
+        problem = cached_problem(dest, entry.sha256, entry.content_sha256)
+        if problem is None:
+            return dest
+        if offline():
+            raise DataUnavailable(f"cached data file {dest}: {problem}; LLMBOOK_OFFLINE forbids downloading it again")
+        print(f"llmbook: cached data file {dest}: {problem}; downloading it again", file=sys.stderr)
+    elif offline():
         raise DataUnavailable(f"data file {relpath!r} is in neither {where}, and LLMBOOK_OFFLINE forbids downloading it")
-    return obtain(entry, cache_root() / "data" / rel, progress=progress)
+    return obtain(entry, dest, progress=progress)
+
+
+def cached_problem(path: Path, sha256: str, content_sha256: str | None = None) -> str | None:
+    """Why the cached file `path` is not the registry's (a sha256 mismatch), or None when it is.
+
+    A rebuilt compressed file (`content_sha256` set) may differ in its bytes and is checked by its content.
+    The answer is remembered while the file's size, mtime and inode stay the same, so a file is hashed once
+    per process."""
+    st = path.stat()
+    return _cached_problem(str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256, content_sha256)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_problem(path: str, size: int, mtime_ns: int, ino: int, sha256: str, content_sha256: str | None) -> str | None:
+    actual = _file_digest(path)
+    if actual == sha256:
+        return None
+    if content_sha256 is not None:
+        try:
+            content = _file_digest(path, lzma.open)
+        except (lzma.LZMAError, EOFError) as err:
+            return f"not a readable xz file ({err})"
+        if content == content_sha256:
+            return None
+        return f"sha256 mismatch of its content: expected {content_sha256}, got {content}"
+    return f"sha256 mismatch: expected {sha256}, got {actual} ({size} bytes)"
+
+
+def _file_digest(path: str, opener=open) -> str:
+    digest = hashlib.sha256()
+    with opener(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def obtain(entry: DataFile, dest: Path, progress: bool = True) -> Path:
@@ -253,8 +304,13 @@ def upstream(remote: Remote, progress: bool = True) -> Path:
     """An upstream file in the cache (`$LLMBOOK_CACHE/upstream/<sha256>`), downloaded and checked once."""
     dest = cache_root() / "upstream" / remote.sha256
     if dest.is_file():
-        return dest
-    if offline():
+        problem = cached_problem(dest, remote.sha256)
+        if problem is None:
+            return dest
+        if offline():
+            raise DataUnavailable(f"cached upstream file {dest}: {problem}; LLMBOOK_OFFLINE forbids downloading it again")
+        print(f"llmbook: cached upstream file {dest}: {problem}; downloading it again", file=sys.stderr)
+    elif offline():
         raise DataUnavailable(f"upstream file {remote.urls[0]} is not cached, and LLMBOOK_OFFLINE forbids downloading it")
     name = PurePosixPath(remote.urls[0]).name
     return download(remote.urls, dest, remote.sha256, remote.size, name, progress)
@@ -270,40 +326,74 @@ def verify(data: bytes, expected: str, what: str) -> None:
 def download(urls: Iterable[str], dest: Path, sha256: str, size: int, name: str, progress: bool = True) -> Path:
     """Download the first URL that delivers bytes with `sha256` into `dest`, atomically, with a progress bar.
 
-    Each URL is tried in turn; a failed transfer (network error, HTTP error, truncated body, wrong checksum)
-    leaves no file behind and moves on to the next. When all fail, DataUnavailable lists every attempt.
+    Each URL is tried in turn; a failed transfer (network error, HTTP or protocol error, truncated or
+    over-long body, wrong checksum) leaves no file behind and moves on to the next. When all fail,
+    DataUnavailable lists every attempt. A URL may carry `user:password@` (a private mirror): they are sent
+    as HTTP basic authentication to that host only, and never printed.
     """
     failures = []
     for url in urls:
         try:
             atomic_write(dest, lambda f, url=url: _stream(url, f, sha256, size, name, progress), "wb")
             return dest
-        except (OSError, ChecksumMismatch, ValueError) as err:
-            failures.append(f"{url}: {err}")
+        except (OSError, ChecksumMismatch, ValueError, http.client.HTTPException) as err:
+            detail = str(err) or type(err).__name__
+            failures.append(f"{_redact_url(url)}: {_redact_secret(detail, url)}")
     raise DataUnavailable(f"could not download {name!r}: " + "; ".join(failures))
 
 
+def _redact_url(url: str) -> str:
+    """`url` with the password of a `user:password@` part replaced by `***` (for messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@" + parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redact_secret(text: str, url: str) -> str:
+    password = urllib.parse.urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A GET request for `url`; credentials in the URL become a basic-auth header that redirects do not carry."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return urllib.request.Request(url, headers={"User-Agent": "llmbook"})
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(bare, headers={"User-Agent": "llmbook"})
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
 def _stream(url: str, f, sha256: str, size: int, name: str, progress: bool) -> None:
-    """Copy `url` into the open file `f` while hashing it; refuse short bodies and wrong checksums."""
-    request = urllib.request.Request(url, headers={"User-Agent": "llmbook"})
+    """Copy `url` into the open file `f` while hashing it; refuse short or over-long bodies (the registry
+    knows the size) and wrong checksums."""
     digest, received = hashlib.sha256(), 0
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+    with urllib.request.urlopen(_request(url), timeout=TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else size
-        with progress_bar(total=total, unit="B", unit_scale=True, desc=name, leave=False, progress=progress) as bar:
+        if length and length.isdigit() and int(length) != size:
+            raise OSError(f"the server announces {length} bytes, the registry expects {size}")
+        with progress_bar(total=size, unit="B", unit_scale=True, desc=name, leave=False, progress=progress) as bar:
             while True:
                 try:
                     chunk = response.read(CHUNK)
                 except http.client.IncompleteRead as err:
-                    raise OSError(f"transfer cut short after {received + len(err.partial)} of {total} bytes") from None
+                    raise OSError(f"transfer cut short after {received + len(err.partial)} of {size} bytes") from None
                 if not chunk:
                     break
+                if received + len(chunk) > size:
+                    raise OSError(f"the body is longer than the {size} bytes the registry expects; stopped")
                 f.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-    if length and length.isdigit() and received != int(length):
-        raise OSError(f"transfer cut short after {received} of {length} bytes")
+    if received != size:
+        raise OSError(f"transfer cut short after {received} of {size} bytes")
     actual = digest.hexdigest()
     if actual != sha256:
         raise ChecksumMismatch(f"sha256 mismatch for {name}: expected {sha256}, got {actual} ({received} bytes)")

@@ -253,6 +253,9 @@ def load_corpus(name_or_path: str | Path, separator: str | None = None, text_fie
         return itertools.islice(read_text(registry.fetch(rel), separator or rule, source=key), max_docs)
     if key in hub:
         h = hub[key]
+        if registry.offline():
+            raise registry.DataUnavailable(f"{key} is streamed from the Hugging Face hub ({h.repo}), and "
+                                           "LLMBOOK_OFFLINE forbids downloading it")
         return read_hf(h.repo, h.config, h.split, h.text_field, source=key, skips=skips, revision=h.revision,
                        max_docs=max_docs)
     path = Path(key)

@@ -250,17 +250,20 @@ def load_hh_rlhf(path: str | Path, limit: int | None = None) -> list[tuple[str, 
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                rec = json.loads(line)
-                prompt, chosen = split_dialogue(rec["chosen"])
-                _, rejected = split_dialogue(rec["rejected"])
-            except (json.JSONDecodeError, KeyError, ValueError) as err:
-                raise ValueError(f"{path}:{lineno}: malformed HH-RLHF record ({err})") from err
-            out.append((prompt, chosen, rejected))
-            if limit is not None and len(out) >= limit:
-                break
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                    prompt, chosen = split_dialogue(rec["chosen"])
+                    _, rejected = split_dialogue(rec["rejected"])
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+                    raise ValueError(f"{path}:{lineno}: malformed HH-RLHF record ({err})") from err
+                out.append((prompt, chosen, rejected))
+                if limit is not None and len(out) >= limit:
+                    break
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as err:  # not gzip, cut short, not UTF-8
+        raise ValueError(f"{path}: unreadable HH-RLHF file ({err})") from None
     return out
 
 

@@ -3,15 +3,17 @@
 Each program runs under bubblewrap (`bwrap`, the sandbox Flatpak is built on) in new user, PID, network, mount,
 IPC, UTS and cgroup namespaces: as uid 65534 with every capability dropped and no new privileges, behind a
 seccomp filter that denies mounts, namespaces, ptrace and other kernel interfaces, in a read-only view of
-`/usr` and the Python installation only (no `/etc` beyond the loader cache, no home directories, no `/root`),
+`/usr` and the interpreter with its `lib/` only (no `/etc` beyond the loader cache, no home directories, no `/root`),
 with a size-capped tmpfs as its only writable directory and no network but its own empty loopback. When the
 evaluator runs as root, bubblewrap itself runs as a random unprivileged uid, so the process limit binds
 (the kernel exempts uid 0 from it). The whole sandbox dies with its PID namespace at the wall-clock timeout.
 
 Without bubblewrap, `isolation='auto'` refuses to run anything; `isolation='unsafe-host'` is the explicit,
 loudly warned opt-in that runs the code on this machine behind a Python seatbelt that stops accidents, not
-attacks. Either way a program passes only if it ran to its end: the runner writes a random token, which the
-program never sees, to a file the evaluator checks after the last statement (the tests) returned.
+attacks. Either way a program passes only if it ran to its end: the runner writes a random token to a file the
+evaluator checks after the last statement (the tests) returned, so exit(), SystemExit and os._exit() before the
+tests never pass. The token is not a secret from a program written to forge a pass: it runs in the same
+interpreter as the runner, whose frame (and so the token) is one `sys._getframe(1)` away.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class UnsandboxedCodeWarning(RuntimeWarning):
 warnings.simplefilter("always", UnsandboxedCodeWarning)  # every unsandboxed run says so, not only the first
 
 # The trusted part of every run: limits, then the program, then the token that proves the program ran to its end.
-# It runs inside the sandbox with the program, so the token is only as secret as the runner's memory: no guess,
-# print or write gives it away, a program that searches its own process memory for it could find it.
+# It runs inside the sandbox in the program's own interpreter: no guess, print or write gives the token away, but
+# a program that looks for it on purpose (frames, gc, its own memory) finds it. It tells an early exit from a
+# finished run; it is no defence against code written to forge a pass (nor are the tests against `__eq__` tricks).
 RUNNER = r'''
 import os, resource, sys
 
@@ -121,13 +124,14 @@ def _seatbelt(root):
     sys.modules["ctypes"] = sys.modules["_ctypes"] = None
 
 def _main():
-    fd_in, fd_done, cpu_s, memory_mb, file_size_mb, max_processes, seatbelt = (int(a) for a in sys.argv[1:8])
+    fd_in, fd_done, cpu_s, memory_mb, file_size_mb, max_processes, open_files, seatbelt = (
+        int(a) for a in sys.argv[1:9])
     with os.fdopen(fd_in, "rb") as f:
         token, source = f.read().decode("utf-8", "surrogatepass").split("\n", 1)
     mb = 1024 * 1024
     for limit, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory_mb * mb),
                          (resource.RLIMIT_FSIZE, file_size_mb * mb), (resource.RLIMIT_NPROC, max_processes),
-                         (resource.RLIMIT_CORE, 0)):
+                         (resource.RLIMIT_NOFILE, open_files), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(limit, (value, value))
     if seatbelt:
         _seatbelt(os.getcwd())
@@ -157,10 +161,11 @@ class Limits:
     max_processes: int = 8  # every process and thread in the sandbox, bubblewrap's own init included
     max_output_bytes: int = 64_000
     disk_mb: int = 64  # the writable tmpfs under bubblewrap; unbounded with isolation='unsafe-host'
+    open_files: int = 256  # per process; also bounds the kernel memory socket and pipe buffers hold
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes", "max_output_bytes",
-                     "disk_mb"):
+                     "disk_mb", "open_files"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)}")
 
@@ -198,6 +203,8 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
     "acct", "syslog", "quotactl", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
     "setdomainname", "iopl", "ioperm", "name_to_handle_at", "open_by_handle_at", "lookup_dcookie", "uselib", "vhangup",
+    # memory that no process limit counts: file-less shared memory, System V segments and queues
+    "memfd_create", "memfd_secret", "shmget", "msgget",
 )
 CLONE_NEW_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 TERMINAL_INJECTION_IOCTLS = (0x5412, 0x541C)  # TIOCSTI, TIOCLINUX
@@ -236,7 +243,7 @@ class Bubblewrap:
 
     bwrap: str
     python: str
-    python_dirs: tuple[str, ...]  # bound read-only at the same path (the interpreter's prefix, when not under /usr)
+    python_dirs: tuple[str, ...]  # bound read-only at the same path (the interpreter and its lib/, when not under /usr)
 
     def argv(self, limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
         """The bwrap command line, up to the interpreter."""
@@ -266,7 +273,12 @@ def _interpreters() -> list[Bubblewrap]:
     if own.is_file():
         dirs = {str(Path(p).resolve()) for p in (sys.base_prefix, sys.base_exec_prefix)}
         outside_usr = sorted(d for d in dirs if d != "/usr" and not d.startswith("/usr/"))
-        found.append(Bubblewrap(bwrap, str(own), tuple(outside_usr)))
+        # the interpreter and lib/ (standard library, extension modules, the libraries they link), never the whole
+        # prefix: built with --prefix=$HOME/.local, that would show the sandbox ~/.local/share
+        binds = [str(own)] if outside_usr else []
+        binds += [str(Path(d) / lib) for d in outside_usr for lib in ("lib", "lib64") if (Path(d) / lib).is_dir()
+                  and not (Path(d) / lib).is_symlink()]
+        found.append(Bubblewrap(bwrap, str(own), tuple(binds)))
     if os.path.isfile("/usr/bin/python3"):  # when the own one is unreadable to an unprivileged uid (under /root)
         found.append(Bubblewrap(bwrap, "/usr/bin/python3", ()))
     return found
@@ -369,7 +381,8 @@ def _run(source: str, limits: Limits, bwrap: Bubblewrap | None) -> ExecResult:
         program.write(f"{token}\n{source}".encode("utf-8", "surrogatepass"))
         program.seek(0)
         runner = ["-I", "-B", "-c", RUNNER, str(program.fileno()), str(done.fileno()), str(limits.cpu_s),
-                  str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes), "0" if bwrap else "1"]
+                  str(limits.memory_mb), str(limits.file_size_mb), str(limits.max_processes), str(limits.open_files),
+                  "0" if bwrap else "1"]
         fds = [program.fileno(), done.fileno()]
         if bwrap:
             seccomp.write(seccomp_filter())

@@ -85,11 +85,14 @@ class Task:
             raise ValueError(f"task {self.name!r}: {path}:{lineno}: record lacks field(s) {', '.join(missing)}")
         try:
             self.doc_to_text(doc)
-            self.doc_to_target(doc)
-            if self.doc_to_choices:
-                self.doc_to_choices(doc)
-        except (KeyError, ValueError, IndexError, TypeError) as err:
+            target = self.doc_to_target(doc)
+            choices = self.doc_to_choices(doc) if self.doc_to_choices else None
+        except (KeyError, ValueError, IndexError, TypeError, AttributeError) as err:
             raise ValueError(f"task {self.name!r}: {path}:{lineno}: malformed record ({err!r})") from err
+        if choices is not None and not (isinstance(target, int) and 0 <= target < len(choices)):
+            # an out-of-range gold answer would be scored wrong for every model, silently
+            raise ValueError(f"task {self.name!r}: {path}:{lineno}: gold answer {target!r} is not one of the "
+                             f"{len(choices)} choices")
         return {**doc, "_line": lineno}
 
 

@@ -257,6 +257,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """The final-norm hidden states (B, T, n_embd) for token ids idx: the features a bi-encoder pools
+        into a sentence embedding (@sec-applications-dense)."""
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        self._check_positions(idx.shape[1] - 1)
+        return self._trunk(idx, torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1))
+
     @torch.no_grad()
     def attention_weights(self, idx: Tensor) -> list[Tensor]:
         """The attention probabilities (B, H, T, T) of every layer for token ids idx, computed with the naive kernel."""
@@ -295,6 +303,19 @@ class GPT(nn.Module):
         if self.config.sliding_window is not None:
             cache.evict(self.config.sliding_window)
         return self.lm_head(x)
+
+    def forward_positions(self, idx: Tensor, pos: Tensor, mask: Tensor, cache, k_pos: Tensor,
+                          check: bool = True) -> Tensor:
+        """Logits for tokens idx (B, T) at positions pos (B, T) through an external cache (@sec-inference-batching).
+
+        `cache.append(layer, k, v)` stores the new keys and values and returns all keys and values to attend to,
+        whose positions are k_pos (B, S); mask (B, T, S) is True where a query may attend. The serving engine's
+        preallocated slot cache (`llmbook.serve.kvcache`) runs the model through this method. `check=False` skips
+        the position check, which reads a value back from the device (a graph break under `torch.compile`).
+        """
+        if check:
+            self._check_positions(int(pos.max()))
+        return self.lm_head(self._trunk(idx, pos, mask[:, None], cache, k_pos))
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -376,7 +397,14 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, t
     """
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    probs = truncate_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    if generator is not None and generator.device.type != probs.device.type:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+
+def truncate_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Logits (B, vocab) with -inf outside the top-k tokens (ties kept) and outside the nucleus of mass top_p."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -386,10 +414,7 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, t
         drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest prefix reaching top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    if generator is not None and generator.device.type != probs.device.type:
-        probs = probs.to(generator.device)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+    return logits
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:

@@ -57,10 +57,16 @@ def _texts(args: argparse.Namespace, skipped: Counter, repaired: Counter):
     return take()
 
 
+MAX_VOCAB = 1 << 24
+
+
 def run_train(args: argparse.Namespace) -> int:
     specials = args.special or ["<|endoftext|>"]
     if args.vocab_size < 256 + len(specials):
         raise ValueError(f"--vocab-size must be at least {256 + len(specials)} (256 bytes + special tokens)")
+    if args.vocab_size > MAX_VOCAB:  # the trainers allocate for the whole vocabulary up front: a typo aborts them
+        raise ValueError(f"--vocab-size must be at most {MAX_VOCAB:,} (far above any tokenizer in use), "
+                         f"got {args.vocab_size:,}")
     out = output_dir(args.out)
     with run_lock(out):
         return _train(args, specials, out)

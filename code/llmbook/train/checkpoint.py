@@ -350,6 +350,10 @@ def resolve(path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- reading
 
+# What every rank_NNNNN.pt holds (Trainer.trainer_state), checked before a resume uses it.
+TRAINER_STATE = ("step", "tokens_seen", "rng", "loader", "scaler", "guard", "world_size")
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     sharded: bool, trust_sharded: bool = False) -> dict[str, Any]:
     """Load model (and optimizer) state from checkpoint `path` on every rank; return this rank's trainer state.
@@ -383,11 +387,20 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             raise CheckpointError(f"{path.name} holds sharded (FSDP2) training state; resume it with "
                                   "parallel.mode=fsdp (and --trust-sharded)")
         _load_weights(path, model, full)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        try:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{path.name}: optimizer.pt does not fit this model's optimizer "
+                                  f"({' '.join(str(err).split())[:120] or type(err).__name__})") from None
     rank = _rank()
     own = path / f"rank_{rank:05d}.pt"
     state_file = own if own.is_file() else path / "rank_00000.pt"
     trainer_state = from_safe(torch.load(state_file, weights_only=True))
+    missing = [k for k in TRAINER_STATE if not isinstance(trainer_state, dict) or k not in trainer_state]
+    if missing or not all(type(trainer_state[k]) is int for k in ("step", "tokens_seen")):
+        what = f"has no {missing[0]!r}" if missing else "has a step or token count that is not an integer"
+        raise CheckpointError(f"{path.name}: {state_file.name} {what}; it is not trainer state written by this "
+                              "version of llmbook")
     trainer_state["world_size_changed"] = manifest["world_size"] != _world()
     return trainer_state
 

@@ -51,6 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     from llmbook.train.trainer import TrainingDiverged, run
 
     cfg = load_config(args.config, overrides_from(args))
+    cfg.model_config()  # a bad [model] field fails here, before the run folder is made
     try:
         records = run(cfg, args.out, resume=args.resume, trust_sharded=args.trust_sharded)
     except (CheckpointError, TrainingDiverged) as err:  # a user-facing condition, not a bug: one line, exit 2

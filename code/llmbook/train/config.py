@@ -251,9 +251,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
         path = project_root() / "configs" / f"{path}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"config {str(path)!r} does not exist")
+        raise FileNotFoundError(f"config {str(path)!r} " + ("is a directory, not a TOML file" if path.is_dir() else
+                                                            "does not exist"))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: malformed TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
+                         "TOML files are UTF-8") from None
     return RunConfig.from_dict(apply_overrides(data, list(overrides)), source=str(path))

@@ -46,6 +46,14 @@ def documents(cfg: DataConfig) -> Iterator[dict]:
                 return
 
 
+def shard_dir_for(cfg: DataConfig) -> Path:
+    """Where `prepare` keeps (or will keep) the shards of a config: a cache folder named by the settings."""
+    if cfg.shard_dir:
+        return Path(cfg.shard_dir)
+    key = json.dumps([cfg.datasets, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction])
+    return cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def prepare(cfg: DataConfig, progress: bool = False) -> Path:
     """Return a shard directory for the config, building it (tokenizer + shards) if it is not cached yet."""
     if cfg.shard_dir:
@@ -56,8 +64,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
     from llmbook.tokenizer import train_hf_tokenizer
     from llmbook.tokenizer.hf import special_tokens_as_text
 
-    key = json.dumps([cfg.datasets, cfg.tokenizer_vocab, cfg.max_chars, cfg.val_fraction])
-    out = cache_root(cfg) / "shards" / f"{'+'.join(cfg.datasets)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    out = shard_dir_for(cfg)
     if (out / MANIFEST).is_file():
         return out
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")  # built aside, renamed into place when complete

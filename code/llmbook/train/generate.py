@@ -24,7 +24,13 @@ def load_model(path: str | Path, device: str = "cpu", trust_sharded: bool = Fals
     from llmbook.tokenizer.hf import load_hf_tokenizer
 
     meta = ckpt.info(path)
-    model = GPT(RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config())
+    cfg = RunConfig.from_dict(meta.config, source=str(meta.path / "config.json")).model_config()
+    if cfg.extra.get("lora"):  # a LoRA fine-tuning run (@sec-finetune-lora): fold its adapters into the weights
+        from llmbook.finetune.base import load_finetuned
+
+        loaded = load_finetuned(meta.path, device=device, merge=True)
+        return loaded.model, loaded.tokenizer, meta
+    model = GPT(cfg)
     with warnings.catch_warnings():  # DCP announces that it reads a sharded checkpoint in one process
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         ckpt.load_checkpoint(meta.path, model, None, sharded=False, trust_sharded=trust_sharded)
@@ -68,6 +74,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from llmbook.cli import CLIError
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.samples)
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes of another encoding on the command line arrive as lone surrogates
+        raise ValueError(f"--prompt {args.prompt!r}: not UTF-8 text (position {err.start})") from None
     try:
         model, tokenizer, meta = load_model(args.checkpoint, trust_sharded=args.trust_sharded)
         print(f"# {meta.path.name} (step {meta.step})")

@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
+
 from llmbook.fileio import output_dir, run_lock
 from llmbook.progress import progress_bar
 from llmbook.train import checkpoint as ckpt
@@ -31,6 +32,38 @@ class Loader(Protocol):
 
 # (split, rank, world_size, seed) -> loader
 LoaderFactory = Callable[[str, int, int, int], Loader]
+
+
+class Objective(Protocol):
+    """A loss other than the model's own next-token cross-entropy (reward model, DPO, GRPO: @sec-finetune).
+
+    Called as `objective(module, x, y)` on a micro-batch; returns the loss to minimise and a dict of scalar
+    metrics that the trainer logs next to it (and, prefixed with `val_`, for the validation batches).
+    """
+
+    def __call__(self, module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a tensor, or the tensors in a tuple, list or dict of them, to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def n_tokens(batch: Any) -> int:
+    """Token ids in a batch input: the elements of its integer tensors."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() if not batch.is_floating_point() else 0
+    if isinstance(batch, (tuple, list)):
+        return sum(n_tokens(b) for b in batch)
+    if isinstance(batch, dict):
+        return sum(n_tokens(b) for b in batch.values())
+    return 0
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,7 +134,11 @@ class MetricsLog:
 
 def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Read a metrics.jsonl file into a list of records, skipping (and reporting) a last line torn by a crash."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
+                         "not a metrics log written by the trainer") from None
     records = []
     for i, line in enumerate(lines):
         try:
@@ -110,6 +147,10 @@ def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> list[d
             if i != len(lines) - 1:
                 raise ValueError(f"{path}: line {i + 1} is not JSON (only a torn last line is tolerated)") from None
             log(f"{path}: skipped a torn last line ({len(line)} characters)")
+            continue
+        if not isinstance(records[-1], dict):
+            raise ValueError(f"{path}: line {i + 1} is {line[:40]!r}, not a JSON object; not a metrics log written by "
+                             "the trainer")
     return records
 
 
@@ -121,12 +162,15 @@ class Trainer:
     the config. `loaders(split, rank, world_size, seed)` returns a loader; by default the run's corpus
     is tokenized and packed with `llmbook.train.data`. The main process locks `out_dir` from construction
     until the run ends (`fit` reaches `train.steps`, raises, or `close()`), so a second writer is refused.
-    Resuming an FSDP2 run reads DCP's pickled metadata and needs `trust_sharded=True`.
+    Resuming an FSDP2 run reads DCP's pickled metadata and needs `trust_sharded=True`. An `objective` replaces
+    the model's own loss (fine-tuning objectives, @sec-finetune); `extra_files` are copied into every
+    checkpoint (tokenizer, chat template).
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, model: nn.Module | None = None,
                  loaders: LoaderFactory | None = None, resume: bool = False, log: Callable[[str], None] = print,
-                 trust_sharded: bool = False):
+                 trust_sharded: bool = False, objective: Objective | None = None,
+                 extra_files: list[Path] | tuple[Path, ...] = ()):
         self.cfg, self.out_dir, self.trust_sharded = cfg, Path(out_dir), trust_sharded
         device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(cfg.parallel.mode, device)
@@ -134,12 +178,13 @@ class Trainer:
         output_dir(self.out_dir, "output directory")
         self._lock = run_lock(self.out_dir, log=self.log) if self.dist.is_main else None
         try:
-            self._setup(model, loaders, resume, device)
+            self._setup(model, loaders, resume, device, objective, extra_files)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, model: nn.Module | None, loaders: LoaderFactory | None, resume: bool, device: str) -> None:
+    def _setup(self, model: nn.Module | None, loaders: LoaderFactory | None, resume: bool, device: str,
+               objective: Objective | None, extra_files: list[Path] | tuple[Path, ...]) -> None:
         cfg = self.cfg
         if cfg.train.gpu:
             from llmbook.costs import get_gpu
@@ -169,7 +214,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device, enabled=cfg.train.precision == "fp16" and cfg.parallel.mode != "fsdp")
         self.train_loader = loaders("train", self.dist.rank, self.dist.world_size, cfg.train.seed)
         tokenizer = Path(getattr(self.train_loader, "shard_dir", "")) / "tokenizer.json"
-        self.extra_files = [tokenizer] if tokenizer.is_file() else []
+        self.extra_files = ([tokenizer] if tokenizer.is_file() else []) + [Path(f) for f in extra_files]
+        self.objective = objective
         self.step, self.tokens_seen = 0, 0
         self.guard = {"ema": 0.0, "count": 0, "bad_in_a_row": 0, "skipped": 0}
         torch.manual_seed(cfg.train.seed + self.dist.rank)  # per-rank stream for dropout and sampling
@@ -259,22 +305,35 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=DTYPES[self.cfg.train.precision])
 
+    def _loss(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(loss, logits or None, metrics) of one micro-batch: the model's cross-entropy, or the objective's."""
+        if self.objective is None:
+            logits, loss = self.module(x, y)
+            return loss, logits, {}
+        loss, metrics = self.objective(self.module, x, y)
+        return loss, None, metrics
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over `grad_accum` micro-batches; returns loss, grad norm and lr."""
+        """One optimizer step over `grad_accum` micro-batches; returns loss, grad norm, lr and objective metrics."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg.optim, cfg.train.steps)
         set_lr(self.optimizer, lr)
         accum = cfg.train.grad_accum
         loss_sum = torch.zeros((), device=self.dist.device)
+        metrics: dict[str, float] = {}
+        tokens = 0
         for micro in range(accum):
             x, y = self.train_loader.next_batch()
-            x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+            tokens += n_tokens(x)
+            x, y = to_device(x, self.dist.device), to_device(y, self.dist.device)
             with grad_sync(self.module, cfg.parallel.mode, sync=micro == accum - 1,
                            fsdp_no_sync=cfg.parallel.fsdp_no_sync), self.autocast():
-                logits, loss = self.module(x, y)
-                objective = loss + cfg.train.z_loss * z_loss(logits) if cfg.train.z_loss else loss
+                loss, logits, extra = self._loss(x, y)
+                objective = loss + cfg.train.z_loss * z_loss(logits) if cfg.train.z_loss and logits is not None else loss
             self.scaler.scale(objective / accum).backward()
             loss_sum += loss.detach().float()
+            for k, v in extra.items():  # this rank's micro-batches
+                metrics[k] = metrics.get(k, 0.0) + float(v) / accum
         loss_t = all_reduce_mean(loss_sum / accum)
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -305,8 +364,8 @@ class Trainer:
                 self.guard["count"] += 1
                 self.guard["ema"] += (loss - self.guard["ema"]) / min(self.guard["count"], 50)
         self.step += 1
-        self.tokens_seen += accum * cfg.data.batch_size * cfg.data.block_size * self.dist.world_size
-        return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": bool(reason)}
+        self.tokens_seen += tokens * self.dist.world_size
+        return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": bool(reason), "metrics": metrics}
 
     def _bad_step_reason(self, loss: float, grad_norm: float) -> str:
         """Why this step must not update the weights ('' when it is fine).
@@ -323,19 +382,27 @@ class Trainer:
         return ""
 
     # ------------------------------------------------------------------ evaluation and the loop
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over `eval_batches` validation batches (a fresh, seeded loader: the same batches every time)."""
+        return self.validate()["val_loss"]
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """`val_loss` and the objective's metrics (prefixed `val_`) averaged over the validation batches."""
         self.module.eval()
         loader = self.loaders("val", self.dist.rank, self.dist.world_size, self.cfg.train.seed)
         total = torch.zeros((), device=self.dist.device)
-        for _ in range(self.cfg.train.eval_batches):
+        metrics: dict[str, float] = {}
+        n = self.cfg.train.eval_batches
+        for _ in range(n):
             x, y = loader.next_batch()
             with self.autocast():
-                _, loss = self.module(x.to(self.dist.device), y.to(self.dist.device))
+                loss, _, extra = self._loss(to_device(x, self.dist.device), to_device(y, self.dist.device))
             total += loss.float()
+            for k, v in extra.items():
+                metrics[f"val_{k}"] = metrics.get(f"val_{k}", 0.0) + float(v) / n
         self.module.train()
-        return all_reduce_mean(total / self.cfg.train.eval_batches).item()
+        return {"val_loss": all_reduce_mean(total / n).item(), **metrics}
 
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation from llmbook.costs, when the GPU is named in `train.gpu`."""
@@ -372,11 +439,12 @@ class Trainer:
                               "memory_mb": memory_mb(self.dist.device), "skipped_steps": self.guard["skipped"]}
                     if self.scaler.is_enabled():
                         record["loss_scale"] = self.scaler.get_scale()
+                    record.update(out["metrics"])
                     self.metrics.write(record)
                     records.append(record)
                     bar.set_postfix(loss=f"{out['loss']:.3f}")
                 if cfg.train.eval_every and (self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps):
-                    record = {"step": self.step, "val_loss": self.evaluate()}
+                    record = {"step": self.step, **self.validate()}
                     self.metrics.write(record)
                     records.append(record)
                 if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or self.step == cfg.train.steps:
