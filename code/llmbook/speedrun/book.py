@@ -47,6 +47,32 @@ class BookModel:
     def steps(self) -> int:
         return self.config.train.steps
 
+    @property
+    def train_tokens(self) -> int:
+        """Tokens in the training split of the model's token shards (one epoch)."""
+        if self.speedrun is not None:
+            from llmbook.speedrun.runner import read_record
+
+            return int(read_record(self.speedrun / "tokenizer")["summary"]["train_tokens"])
+        from llmbook.data.pack import read_manifest
+        from llmbook.train.data import shard_dir_for
+
+        return int(read_manifest(shard_dir_for(self.config.data))["splits"]["train"]["tokens"])
+
+    def training_documents(self) -> list[str]:
+        """The texts of the trainer's training split, in the trainer's order (what the model learned from)."""
+        from llmbook.data.pack import is_val_document
+
+        if self.speedrun is not None:
+            from llmbook.speedrun.stages import read_jsonl
+
+            texts = [r["text"] for r in read_jsonl(self.speedrun / "data" / "train.jsonl")]
+        else:
+            from llmbook.train.data import documents
+
+            texts = [r["text"] for r in documents(self.config.data) if r["text"]]
+        return [t for i, t in enumerate(texts) if not is_val_document(i, self.config.data.val_fraction)]
+
     def held_out(self, max_docs: int = 40, max_chars: int = 2000) -> list[str]:
         """Up to `max_docs` documents of held-out text the model never trained on: pieces of at most `max_chars`
         characters cut from the speedrun's held-out books (one from each book in turn), or the validation

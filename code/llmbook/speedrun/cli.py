@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def run_speedrun(args: argparse.Namespace) -> int:
@@ -20,6 +21,8 @@ def run_speedrun(args: argparse.Namespace) -> int:
         print("presets: " + ", ".join(available_presets()))
         print("stages:  " + " -> ".join(s.name for s in STAGES))
         return 0
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # the trainer's and the evaluator's progress bars too
     cfg = load_preset(args.preset, args.set or [])
     if args.estimate:
         from llmbook.book import duration

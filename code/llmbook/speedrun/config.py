@@ -112,18 +112,20 @@ class EvalStage:
 
 @dataclass
 class FinetuneStage:
-    """Settings handed to `llmbook.finetune` for supervised fine-tuning or preference tuning (@sec-finetune)."""
+    """A `llmbook.finetune` preset and overrides for supervised fine-tuning or preference tuning (@sec-finetune);
+    the base model is always the speedrun's, and device and precision are the speedrun's."""
 
-    dataset: str = ""
-    steps: int = 100
-    lr: float = 1e-4
-    batch_size: int = 8
-    max_examples: int = 0  # 0: the whole data set
-    beta: float = 0.1  # DPO only
+    preset: str = "finetune-cpu-tiny"  # a fine-tuning preset in configs/
+    overrides: list = field(default_factory=list)  # its `section.field=value` overrides, e.g. "sft.steps=200"
+    eval_bytes: int = 20_000  # bytes of each held-out book scored before and after (what tuning costs on books)
+    held_out_pairs: int = 200  # DPO: held-out preference pairs for the implicit-reward accuracy
+    prompts: list = field(default_factory=lambda: ["Give me three tips for a long walk.", "What is 17 + 25?"])
 
     def __post_init__(self) -> None:
         _check("finetune", self)
-        _non_negative("finetune", self, "steps", "max_examples")
+        _non_negative("finetune", self, "eval_bytes", "held_out_pairs")
+        if not all(isinstance(o, str) for o in self.overrides):
+            raise ValueError(f"[speedrun.finetune] overrides must be strings, got {self.overrides!r}")
 
 
 @dataclass
@@ -226,8 +228,8 @@ def from_dict(data: dict[str, Any], name: str, source: str = "preset") -> Speedr
             raise ValueError(f"{source}: unknown field(s) {extra} in [speedrun.{key}]; known: {sorted(fields)}")
         try:
             objects[key] = klass(**table)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        except ValueError as err:  # the two tuning stages share one settings class: name the table used
+            raise ValueError(f"{source}: {str(err).replace('[speedrun.finetune]', f'[speedrun.{key}]')}") from None
     trainer = {k: data[k] for k in TRAINER_TABLES if k in data}
     trainer["data"] = {**trainer.get("data", {}), "tokenizer_vocab": objects["tokenizer"].vocab_size,
                        "val_fraction": objects["data"].val_fraction}

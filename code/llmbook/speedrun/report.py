@@ -83,6 +83,12 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _ci(m: dict[str, float], sign: bool = False) -> str:
+    """A metric with its interval: 0.412 [0.35, 0.47]."""
+    f = "+.3f" if sign else ".3f"
+    return f"{m['value']:{f}} [{m['ci_low']:{f}}, {m['ci_high']:{f}}]"
+
+
 def _minutes(seconds: float | None) -> str:
     return "" if seconds is None else duration(seconds / 3600)
 
@@ -172,11 +178,36 @@ def render_markdown(report: dict[str, Any]) -> str:
                 acc = r["metrics"]["acc"]
                 rows.append([task, r["n"], f"{r['chance']:.3f}", f"{acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"])
             out += _table(["task", "items", "chance", "accuracy"], rows)
-    for name in ("sft", "dpo", "quantize"):
-        if name in s:
-            out += [f"## {name.upper() if name != 'quantize' else 'Quantization'}", ""]
-            out += _table(["quantity", "value"], [[k, _num(v) if isinstance(v, (int, float)) else v]
-                                                  for k, v in s[name].items() if not isinstance(v, (dict, list))])
+    if "sft" in s or "dpo" in s:
+        out += ["## Fine-tuning (95% bootstrap intervals over the same held-out items)", ""]
+        rows = []
+        if "sft" in s:
+            f = s["sft"]
+            rows += [[f"synthetic tasks ({f['test_items']} held-out items): base -> SFT",
+                      f"{_ci(f['accuracy_base'])} -> {_ci(f['accuracy_sft'])}", f"{_ci(f['gain'], sign=True)}"],
+                     ["held-out books, bits per byte: base -> SFT",
+                      f"{f['books_bits_per_byte_base']:.3f} -> {f['books_bits_per_byte_sft']:.3f}",
+                      f"{f['books_bits_per_byte_sft'] - f['books_bits_per_byte_base']:+.3f}"]]
+        if "dpo" in s:
+            d = s["dpo"]
+            rows += [[f"implicit-reward accuracy on {d['held_out_pairs']} held-out preference pairs (chance 0.5)",
+                      _ci(d["implicit_reward_accuracy"]), ""],
+                     ["synthetic tasks: SFT -> DPO", f"{_ci(d['accuracy_sft'])} -> {_ci(d['accuracy_dpo'])}",
+                      _ci(d["task_change"], sign=True)],
+                     ["held-out books, bits per byte: SFT -> DPO",
+                      f"{d['books_bits_per_byte_sft']:.3f} -> {d['books_bits_per_byte_dpo']:.3f}",
+                      f"{d['books_bits_per_byte_dpo'] - d['books_bits_per_byte_sft']:+.3f}"]]
+        out += _table(["measure", "value", "change"], rows)
+        for name in ("sft", "dpo"):
+            for a in s.get(name, {}).get("answers", []):
+                out += [f"> **{name.upper()}, asked** {a['prompt']} **answers** {a['answer']}".replace("\n", " "), ""]
+    if "quantize" in s:
+        qz = s["quantize"]
+        out += ["## Quantization", "", f"Weight-only, {_num(qz['heldout_bytes'])} bytes of held-out books; "
+                f"{qz['note']}.", ""]
+        out += _table(["scheme", "weights", "bits per byte", "change"],
+                      [[r["scheme"], si(r["weight_bytes"], "B"), f"{r['bits_per_byte']:.4f}",
+                        f"{100 * r['change']:+.2f}%" if "change" in r else ""] for r in qz["schemes"]])
     if "eval" in s and s["eval"]["samples"]:
         smp = s["eval"]["sampling"]
         out += ["## Samples from the base model", "",

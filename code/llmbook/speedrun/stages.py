@@ -245,12 +245,115 @@ def stage_eval(ctx: Context) -> dict[str, Any]:
             "sampling": {"temperature": e.temperature, "top_k": e.top_k, "max_new_tokens": e.sample_tokens}}
 
 
-def stage_pending(module: str, what: str):
-    """A stage whose package is importable but not yet called by the speedrun: it fails, saying so, rather than
-    report a number it did not measure."""
-    def run(ctx: Context) -> dict[str, Any]:
-        raise StageError(f"{module} is available, but the speedrun does not run {what} with it yet")
-    return run
+def finetune_config(ctx: Context, stage: str):
+    """The `llmbook.finetune` config of a tuning stage: its preset and overrides, the speedrun's base model,
+    device and precision."""
+    from llmbook.finetune.config import load_finetune_config
+
+    settings = getattr(ctx.cfg, stage)
+    pre = ctx.summary("pretrain")
+    fixed = [f"base.run={json.dumps(str(ctx.stage_dir('pretrain')))}", f'run.device="{pre["device"]}"',
+             f'run.precision="{pre["precision"]}"']
+    return load_finetune_config(settings.preset, [*settings.overrides, *fixed])
+
+
+def _books_sample(ctx: Context, max_bytes: int) -> list[str]:
+    return [b["text"] for b in heldout_texts(ctx, max_bytes)]
+
+
+def stage_sft(ctx: Context) -> dict[str, Any]:
+    """Supervised fine-tuning with `llmbook.finetune.pipeline.run_sft`; measured: accuracy on held-out synthetic
+    tasks before (the base model, prompted in plain text) and after (chat), their paired difference, and the
+    bits per byte on held-out books before and after."""
+    from llmbook.finetune import evaluate, pipeline
+    from llmbook.finetune.base import load_base, load_finetuned
+
+    cfg = finetune_config(ctx, "sft")
+    out = pipeline.run_sft(cfg, ctx.stage_dir("sft") / "run", log=ctx.log)
+    device = cfg.run.device
+    items = pipeline.test_items(cfg)
+    base, base_tok = load_base(cfg.base, device, log=ctx.log)
+    eos = base_tok.token_to_id(EOS)
+    tuned = load_finetuned(out, device=device)
+    before = evaluate.accuracy(items, evaluate.plain_answers(base, base_tok, items, eos))
+    after = evaluate.task_accuracy(tuned.model, tuned.tokenizer, tuned.chat, items)
+    gain = evaluate.paired_difference(after.correct, before.correct)
+    texts = _books_sample(ctx, ctx.cfg.sft.eval_bytes)
+    bpb_before = evaluate.bits_per_byte(base, base_tok, texts, eos).bits_per_byte
+    bpb_after = evaluate.bits_per_byte(tuned.model, tuned.tokenizer, texts, tuned.tokenizer.token_to_id(EOS)).bits_per_byte
+    answers = evaluate.chat_answers(tuned.model, tuned.tokenizer, tuned.chat,
+                                    [[{"role": "user", "content": p}] for p in ctx.cfg.sft.prompts], max_new_tokens=48)
+    return {"steps": cfg.sft.steps, "test_items": len(items), "accuracy_base": before.overall.to_dict(),
+            "accuracy_sft": after.overall.to_dict(), "gain": gain.to_dict(), "books_bits_per_byte_base": bpb_before,
+            "books_bits_per_byte_sft": bpb_after, "answers": [{"prompt": p, "answer": a}
+                                                               for p, a in zip(ctx.cfg.sft.prompts, answers)]}
+
+
+def stage_dpo(ctx: Context) -> dict[str, Any]:
+    """Preference tuning with `llmbook.finetune.pipeline.run_dpo` from the SFT model; measured: the implicit-reward
+    accuracy on held-out preference pairs (0.5 is chance) and the task accuracy against the SFT model's."""
+    from llmbook.eval.harness import summarize
+    from llmbook.finetune import dpo, evaluate, pipeline
+    from llmbook.finetune.base import load_finetuned
+    from llmbook.finetune.chat import END, special_tokens
+
+    cfg = finetune_config(ctx, "dpo")
+    sft_run = ctx.stage_dir("sft") / "run"
+    if not sft_run.is_dir():
+        raise StageError("stage 'sft' left no run: preference tuning starts from the SFT model")
+    out = pipeline.run_dpo(cfg, ctx.stage_dir("dpo") / "run", init=sft_run, log=ctx.log)
+    device = cfg.run.device
+    sft, tuned = load_finetuned(sft_run, device=device), load_finetuned(out, device=device)
+    _, held = pipeline.preference_pairs(cfg, sft.chat, sft.tokenizer)
+    held = held[:ctx.cfg.dpo.held_out_pairs]
+    pad = special_tokens(sft.tokenizer)[END]
+    ref = dpo.reference_logps(sft.model, held, pad)
+    implicit = summarize(dpo.implicit_accuracy(tuned.model, held, ref, pad))
+    items = pipeline.test_items(cfg)
+    before = evaluate.task_accuracy(sft.model, sft.tokenizer, sft.chat, items)
+    after = evaluate.task_accuracy(tuned.model, tuned.tokenizer, tuned.chat, items)
+    texts = _books_sample(ctx, ctx.cfg.dpo.eval_bytes)
+    eos = sft.tokenizer.token_to_id(EOS)
+    answers = evaluate.chat_answers(tuned.model, tuned.tokenizer, tuned.chat,
+                                    [[{"role": "user", "content": p}] for p in ctx.cfg.dpo.prompts], max_new_tokens=48)
+    return {"steps": cfg.dpo.steps, "beta": cfg.dpo.beta, "held_out_pairs": len(held),
+            "implicit_reward_accuracy": implicit.to_dict(), "accuracy_sft": before.overall.to_dict(),
+            "accuracy_dpo": after.overall.to_dict(),
+            "task_change": evaluate.paired_difference(after.correct, before.correct).to_dict(),
+            "books_bits_per_byte_sft": evaluate.bits_per_byte(sft.model, sft.tokenizer, texts, eos).bits_per_byte,
+            "books_bits_per_byte_dpo": evaluate.bits_per_byte(tuned.model, tuned.tokenizer, texts, eos).bits_per_byte,
+            "answers": [{"prompt": p, "answer": a} for p, a in zip(ctx.cfg.dpo.prompts, answers)]}
+
+
+def stage_quantize(ctx: Context) -> dict[str, Any]:
+    """Weight-only quantization of the base model with `llmbook.serve.quant` (int8 per channel, int4/3/2 in groups),
+    each written as a servable folder; measured: weight bytes, file size and held-out bits per byte."""
+    from llmbook.eval.models import LLMBookLM
+    from llmbook.eval.perplexity import perplexity
+    from llmbook.serve import quant
+    from llmbook.serve.modelio import load_servable, save_model
+
+    q = ctx.cfg.quantize
+    run = ctx.stage_dir("pretrain")
+    texts = _books_sample(ctx, q.heldout_bytes)
+    base = load_servable(run)
+
+    def bits_per_byte(model) -> float:
+        return perplexity(LLMBookLM(model, base.tokenizer, base.eos_id, batch_size=16), texts).bits_per_byte
+
+    reference = bits_per_byte(base.model)
+    rows = [{"scheme": "fp32", "weight_bytes": quant.weight_bytes(base.model), "bits_per_byte": reference}]
+    for bits in q.bits:
+        config = quant.QuantConfig("int8") if bits == 8 else quant.QuantConfig("int4", q.group_size, weight_bits=bits)
+        model = quant.quantize_model(load_servable(run).model, config)
+        folder = save_model(model, base.tokenizer, ctx.stage_dir("quantize") / f"int{bits}", quant=config,
+                            source={"speedrun": ctx.cfg.name, "stage": "pretrain"})
+        value = bits_per_byte(model)
+        rows.append({"scheme": f"int{bits}" + (f", group {q.group_size}" if bits != 8 else ""),
+                     "weight_bytes": quant.weight_bytes(model), "file_bytes": (folder / "model.safetensors").stat().st_size,
+                     "bits_per_byte": value, "change": value / reference - 1})
+    return {"heldout_bytes": sum(len(t.encode("utf-8")) for t in texts), "schemes": rows,
+            "note": "the tied embedding and output head stay fp32"}
 
 
 def stage_report(ctx: Context) -> dict[str, Any]:
@@ -276,12 +379,12 @@ STAGES: list[Stage] = [
           after=("tokenizer",), resumable=True, description="pretraining with llmbook.train"),
     Stage("eval", stage_eval, settings=("eval",), after=("data", "pretrain"),
           description="held-out bits per byte vs compressors, benchmarks, samples"),
-    Stage("sft", stage_pending("llmbook.finetune.pipeline", "supervised fine-tuning"), settings=("sft",),
-          after=("pretrain",), requires="llmbook.finetune.pipeline", description="supervised fine-tuning"),
-    Stage("dpo", stage_pending("llmbook.finetune.pipeline", "preference tuning"), settings=("dpo",), after=("sft",),
-          requires="llmbook.finetune.pipeline", description="preference tuning (DPO)"),
-    Stage("quantize", stage_pending("llmbook.serve.quant", "quantization"), settings=("quantize",),
-          after=("pretrain",), requires="llmbook.serve.quant", description="weight-only quantization"),
+    Stage("sft", stage_sft, settings=("sft",), after=("pretrain",), requires="llmbook.finetune.pipeline",
+          description="supervised fine-tuning (llmbook.finetune)"),
+    Stage("dpo", stage_dpo, settings=("dpo",), after=("sft",), requires="llmbook.finetune.pipeline",
+          description="preference tuning, DPO (llmbook.finetune)"),
+    Stage("quantize", stage_quantize, settings=("quantize",), after=("pretrain",), requires="llmbook.serve.quant",
+          description="weight-only quantization (llmbook.serve)"),
     Stage("report", stage_report, after=("data", "tokenizer", "pretrain", "eval", "sft", "dpo", "quantize"),
           description="report card"),
 ]
