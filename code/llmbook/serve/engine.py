@@ -163,7 +163,9 @@ class Engine:
         events: list[tuple[_Request, Event]] = []
         with self._cond:
             cancel, self._cancel = self._cancel, set()
-            self._waiting = deque(r for r in self._waiting if r.id not in cancel)
+            for req in [r for r in self._waiting if r.id in cancel]:  # left while waiting: counted and reported too
+                self._waiting.remove(req)
+                self._finish(req, "cancelled", events)
             admitted = []
             for slot in range(self.n_slots):
                 if self._slots[slot] is not None and self._slots[slot].id in cancel:
@@ -173,22 +175,25 @@ class Engine:
                     req.slot, self._slots[slot] = slot, req
                     admitted.append(req)
         running = [r for r in self._slots if r is not None and r not in admitted]
-        with torch.no_grad():
-            for req in admitted:  # prefill: the whole prompt in one forward pass, its last logits give token 1
-                n = len(req.prompt)
-                logits = forward_slots(self.model, self.cache, torch.tensor([req.slot], device=self.device),
-                                       torch.tensor([req.prompt], device=self.device),
-                                       torch.arange(n, device=self.device)[None], span=n)[:, -1]
-                self._advance(req, self._sample(logits, [req])[0], events)
-            if running:  # decode: one new token for every running request, in one forward pass
-                pos = torch.tensor([[len(r.prompt) + len(r.out) - 1] for r in running], device=self.device)
-                logits = forward_slots(self.model, self.cache, torch.tensor([r.slot for r in running], device=self.device),
-                                       torch.tensor([[r.out[-1]] for r in running], device=self.device), pos,
-                                       span=int(pos.max()) + 1)[:, -1]
-                for req, tok in zip(running, self._sample(logits, running)):
-                    self._advance(req, tok, events)
-        self.counters["steps"] += 1
-        self._emit(events)
+        try:
+            with torch.no_grad():
+                for req in admitted:  # prefill: the whole prompt in one forward pass, its last logits give token 1
+                    n = len(req.prompt)
+                    logits = forward_slots(self.model, self.cache, torch.tensor([req.slot], device=self.device),
+                                           torch.tensor([req.prompt], device=self.device),
+                                           torch.arange(n, device=self.device)[None], span=n)[:, -1]
+                    self._advance(req, self._sample(logits, [req])[0], events)
+                if running:  # decode: one new token for every running request, in one forward pass
+                    pos = torch.tensor([[len(r.prompt) + len(r.out) - 1] for r in running], device=self.device)
+                    logits = forward_slots(self.model, self.cache,
+                                           torch.tensor([r.slot for r in running], device=self.device),
+                                           torch.tensor([[r.out[-1]] for r in running], device=self.device), pos,
+                                           span=int(pos.max()) + 1)[:, -1]
+                    for req, tok in zip(running, self._sample(logits, running)):
+                        self._advance(req, tok, events)
+            self.counters["steps"] += 1
+        finally:  # even when a forward pass fails: requests that finished earlier in this step left their slots
+            self._emit(events)
         return [ev for _, ev in events]
 
     def _sample(self, logits: Tensor, reqs: list[_Request]) -> list[int]:
