@@ -10,7 +10,9 @@ waiting one is prefilled into it while the others keep decoding.
 
 `Engine.step()` is one scheduler iteration: drop cancelled requests, prefill waiting requests into free slots
 (each prefill yields its first token), then run one batched decode step for every running request. Each
-request samples with its own seeded generator, so its output does not depend on what else is in the batch.
+request samples with its own seeded generator, so its output does not depend on what else is in the batch (up
+to floating-point rounding: a matrix product over B rows may round differently from one over a single row, which
+can flip a token only where two are within rounding of each other).
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class Engine:
             return bool(self._waiting or self._cancel or any(r is not None for r in self._slots))
 
     # ---------------------------------------------------------------- scheduling
+    @torch.no_grad()
     def step(self) -> list[Event]:
         """One iteration: drop cancelled requests, prefill waiting ones into free slots, one batched decode step."""
         events: list[tuple[_Request, Event]] = []
@@ -176,31 +179,29 @@ class Engine:
                     admitted.append(req)
         running = [r for r in self._slots if r is not None and r not in admitted]
         try:
-            with torch.no_grad():
-                for req in admitted:  # prefill: the whole prompt in one forward pass, its last logits give token 1
-                    n = len(req.prompt)
-                    logits = forward_slots(self.model, self.cache, torch.tensor([req.slot], device=self.device),
-                                           torch.tensor([req.prompt], device=self.device),
-                                           torch.arange(n, device=self.device)[None], span=n)[:, -1]
-                    self._advance(req, self._sample(logits, [req])[0], events)
-                if running:  # decode: one new token for every running request, in one forward pass
-                    pos = torch.tensor([[len(r.prompt) + len(r.out) - 1] for r in running], device=self.device)
-                    logits = forward_slots(self.model, self.cache,
-                                           torch.tensor([r.slot for r in running], device=self.device),
-                                           torch.tensor([[r.out[-1]] for r in running], device=self.device), pos,
-                                           span=int(pos.max()) + 1)[:, -1]
-                    for req, tok in zip(running, self._sample(logits, running)):
-                        self._advance(req, tok, events)
-            self.counters["steps"] += 1
-        finally:  # even when a forward pass fails: requests that finished earlier in this step left their slots
+            for req in admitted:  # prefill: the whole prompt in one forward pass, its last logits give token 1
+                n = len(req.prompt)
+                logits = forward_slots(self.model, self.cache, torch.tensor([req.slot], device=self.device),
+                                       torch.tensor([req.prompt], device=self.device),
+                                       torch.arange(n, device=self.device)[None], span=n)[:, -1]
+                self._advance(req, self._sample(logits, [req])[0], events)
+            if running:  # decode: one new token for every running request, in one forward pass
+                pos = torch.tensor([[len(r.prompt) + len(r.out) - 1] for r in running], device=self.device)
+                logits = forward_slots(self.model, self.cache, torch.tensor([r.slot for r in running], device=self.device),
+                                       torch.tensor([[r.out[-1]] for r in running], device=self.device), pos,
+                                       span=int(pos.max()) + 1)[:, -1]
+                for req, tok in zip(running, self._sample(logits, running)):
+                    self._advance(req, tok, events)
+        finally:  # also when a pass fails: requests that finished before it are told
             self._emit(events)
+        self.counters["steps"] += 1
         return [ev for _, ev in events]
 
     def _sample(self, logits: Tensor, reqs: list[_Request]) -> list[int]:
         """One token per row, each with its own request's settings and generator, in one batched draw.
 
         Each sampled row draws one uniform number u from its request's generator and takes the first token whose
-        cumulative probability exceeds u (inverse-CDF sampling): the same tokens whatever else is in the batch.
+        cumulative probability exceeds u (inverse-CDF sampling): the same draw whatever else is in the batch.
         """
         out = logits.argmax(dim=-1)
         rows = [i for i, r in enumerate(reqs) if r.params.temperature >= GREEDY_BELOW]
