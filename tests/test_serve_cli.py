@@ -81,6 +81,7 @@ def test_chat_template_travels_with_the_model(tmp_path):
     (["export", "--format", "gguf", "--checkpoint", "{quantized}", "--out", "{tmp}/m.gguf"], "unquantized"),
     (["export", "--checkpoint", "{model}", "--out", "{tmp}/hf", "--dtype", "q8_0"], "--format gguf"),
     (["serve", "--checkpoint", "{model}", "--api-key-file", "{tmp}/nokey"], "does not exist"),
+    (["serve", "--checkpoint", "{model}", "--max-len", "100000"], "exceeds block_size"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     bad = tmp_path / "bad"
@@ -120,7 +121,8 @@ def test_llmbook_serve_runs_as_a_process(tmp_path):
     key = tmp_path / "key"
     key.write_text("sesame\n")
     proc = subprocess.Popen([sys.executable, "-m", "llmbook", "serve", "--checkpoint", str(servable_folder()),
-                             "--port", str(port), "--quantize", "int8", "--name", "tiny", "--api-key-file", str(key)],
+                             "--port", str(port), "--quantize", "int8", "--name", "tiny", "--api-key-file", str(key),
+                             "--max-len", "32"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(proc.stdout.readline())
@@ -136,6 +138,8 @@ def test_llmbook_serve_runs_as_a_process(tmp_path):
                     raise
                 time.sleep(0.2)
         assert out.usage.completion_tokens >= 1
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 32 tokens"):  # --max-len
+            client.completions.create(model="tiny", prompt="the cat", max_tokens=31)
     finally:
         proc.terminate()
         try:

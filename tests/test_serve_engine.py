@@ -57,6 +57,10 @@ def test_slot_cache_rejects_bad_settings():
     cache = SlotKVCache(model, 1, max_len=8)
     with pytest.raises(ValueError, match="beyond the cache span"):
         forward_slots(model, cache, torch.tensor([0]), torch.tensor([[1]]), torch.tensor([[8]]))
+    long_context = GPT(GPTConfig(vocab_size=50, block_size=2**40, n_layer=1, n_head=2, n_embd=16, pos_emb="rope"))
+    with pytest.raises(ValueError, match="KV cache of 8 slots x 1099511627776 tokens needs .* use fewer slots"):
+        SlotKVCache(long_context, 8)  # a petabyte: refused with a one-line error, never attempted
+    assert SlotKVCache(long_context, 8, max_len=64).nbytes() == 2 * 8 * 2 * 64 * 8 * 4
 
 
 # ------------------------------------------------------------------------------------------- text stream
@@ -171,8 +175,8 @@ def test_cancelled_requests_free_their_slots(model_tok):
     for rid in ids:
         engine.cancel(rid)
     events = engine.step()
-    assert sorted(e.request_id for e in events if e.finish_reason == "cancelled") == ids[:2]
-    assert engine.stats()["free"] == 2 and engine.stats()["waiting"] == 0
+    assert sorted(e.request_id for e in events if e.finish_reason == "cancelled") == ids  # running and waiting
+    assert engine.stats()["free"] == 2 and engine.stats()["waiting"] == 0 and engine.stats()["cancelled"] == 3
     assert not engine.has_work()
 
 
@@ -245,3 +249,34 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model_tok, mon
     finally:
         engine.close()
     assert finished == ["error", "length"] and engine.stats()["errors"] == 1
+
+
+def test_a_request_that_finished_before_a_step_failed_still_gets_its_final_event(model_tok, monkeypatch):
+    """A request done at its prefill (max_tokens=1) must not be lost when the decode pass of the same step fails:
+    its slot is already free, so failing the running requests would never tell its client."""
+    import llmbook.serve.engine as engine_module
+
+    _, tok = model_tok
+    engine = _engine(model_tok, 2)
+    finished = {}
+
+    def record(ev):
+        if ev.finish_reason:
+            finished[ev.request_id] = ev.finish_reason
+
+    long = engine.submit(tok.encode("the cat").ids, SamplingParams(max_tokens=10), record)
+    engine.step()  # prefill of the long request
+    short = engine.submit(tok.encode("the dog").ids, SamplingParams(max_tokens=1, temperature=0), record)
+    real = engine_module.forward_slots
+
+    def failing_decode(model, cache, slots, idx, pos, **kwargs):
+        if idx.shape[1] == 1 and int(pos.max()) > 0 and int(slots[0]) == 0:  # the long request's decode pass
+            raise RuntimeError("simulated device error")
+        return real(model, cache, slots, idx, pos, **kwargs)
+
+    monkeypatch.setattr(engine_module, "forward_slots", failing_decode)
+    with pytest.raises(RuntimeError, match="simulated"):
+        engine.step()
+    assert list(finished) == [short] and finished[short] in ("length", "stop")
+    engine._fail_all("simulated device error")  # what the background loop does next
+    assert finished[long] == "error" and engine.stats()["free"] == 2

@@ -162,10 +162,24 @@ def _edit_spec(folder, **changes):
     (dict(weights__bytes=1), "bytes"),
     (dict(tokenizer="/etc/passwd"), "field 'tokenizer'"),
     (dict(eos_token="<|nothing|>"), "eos_token"),
+    (dict(model__vocab_size=2**40), "parameters, more than"),  # an absurd allocation, refused before it is tried
 ])
 def test_bad_spec_fields_give_one_line_errors(qfolder, change, message):
     _edit_spec(qfolder, **change)
     with pytest.raises(ValueError, match=message) as err:
+        load_folder(qfolder)
+    assert "\n" not in str(err.value) and "model.json" in str(err.value)
+
+
+def test_a_spec_describing_more_parameters_than_its_weights_hold_is_refused_before_allocating(qfolder, monkeypatch):
+    import llmbook.serve.modelio as modelio
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before the spec was checked against the weights")
+
+    _edit_spec(qfolder, model__n_layer=24, model__n_embd=1024, model__n_head=8)  # ~300M parameters, 1.2 GB
+    monkeypatch.setattr(modelio, "GPT", never)
+    with pytest.raises(ValueError, match="parameters, more than model.safetensors") as err:
         load_folder(qfolder)
     assert "\n" not in str(err.value) and "model.json" in str(err.value)
 

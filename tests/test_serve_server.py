@@ -32,7 +32,8 @@ def _start(config: ServerConfig, slots: int = 8):
 
 @pytest.fixture(scope="module")
 def server():
-    served, ctx = _start(ServerConfig(max_body_bytes=64 * 1024, max_tokens_limit=48, default_max_tokens=16))
+    served, ctx = _start(ServerConfig(max_body_bytes=64 * 1024, max_tokens_limit=48, default_max_tokens=16,
+                                      body_timeout_s=1.0))
     with ctx as url:
         yield served, url
 
@@ -154,6 +155,7 @@ def test_32_concurrent_streams_each_equal_the_request_served_alone(server, clien
     ("[1, 2, 3]", "invalid_json"),
     (b"\xff\xfe\x00", "invalid_json"),
     ("[" * 30_000 + "]" * 30_000, "invalid_json"),  # nesting deeper than the parser allows
+    ('{"max_tokens": ' + "9" * 5000 + "}", "invalid_json"),  # an integer beyond Python's 4,300-digit limit
     ("", "invalid_json"),
 ])
 def test_malformed_bodies(server, body, code):
@@ -165,6 +167,7 @@ def test_malformed_bodies(server, body, code):
     ({"prompt": 123}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": "a\ud800b"}, "prompt"),  # a lone surrogate: valid JSON, not encodable text
     ({"max_tokens": "ten"}, "max_tokens"),
     ({"max_tokens": -5}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -249,8 +252,37 @@ def test_unknown_routes_and_methods_answer_in_openai_shape(server):
     assert_openai_error(status, out, 405)
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
-    served, url = server
+class _SlowEngine(Engine):
+    """Pauses after every step, so a request of 48 tokens takes over two seconds: a client can leave mid-way
+    however loaded the machine is."""
+
+    def step(self):
+        events = super().step()
+        time.sleep(0.05)
+        return events
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    served = load_servable(servable_folder(chat=True))
+    engine = _SlowEngine(served.model, served.decode, served.eos_id, n_slots=1)
+    with running_server(create_app(served, engine, ServerConfig(max_tokens_limit=48))) as url:
+        yield served, url
+
+
+def _wait_for(url: str, condition) -> dict:
+    """The engine's /health figures once `condition` holds for them (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        engine = raw(url, "GET", "/health")[1]["engine"]
+        if condition(engine):
+            return engine
+        time.sleep(0.02)
+    pytest.fail(f"the engine never reached the expected state: {engine}")
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(slow_server):
+    served, url = slow_server
     u = urlparse(url)
     body = json.dumps({"model": served.name, "prompt": "the cat", "max_tokens": 48, "stream": True,
                        "temperature": 1.0, "seed": 1})
@@ -258,17 +290,55 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
                   f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
     assert b"data:" in sock.recv(4096) + sock.recv(4096)
-    cancelled_before = raw(url, "GET", "/health")[1]["engine"]["cancelled"]
+    before = raw(url, "GET", "/health")[1]["engine"]
     sock.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        engine = raw(url, "GET", "/health")[1]["engine"]
-        if engine["running"] == 0 and engine["cancelled"] > cancelled_before:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the slot was not freed: {engine}")
-    assert engine["free"] == engine["slots"]
+    engine = _wait_for(url, lambda e: e["running"] == 0 and e["cancelled"] > before["cancelled"])
+    assert engine["free"] == engine["slots"] and engine["completed"] == before["completed"]
+
+
+def test_clients_that_leave_without_streaming_free_their_slot_and_their_place_in_the_queue(slow_server):
+    served, url = slow_server
+    u = urlparse(url)
+    body = json.dumps({"model": served.name, "prompt": "the cat", "max_tokens": 48, "temperature": 1.0})
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    before = _wait_for(url, lambda e: e["running"] == 0 and e["waiting"] == 0)
+    running = socket.create_connection((u.hostname, u.port), timeout=30)
+    running.sendall(request)
+    _wait_for(url, lambda e: e["running"] == 1)
+    queued = socket.create_connection((u.hostname, u.port), timeout=30)
+    queued.sendall(request)
+    _wait_for(url, lambda e: e["waiting"] == 1)
+    queued.close()  # leaves while it waits for the only slot
+    _wait_for(url, lambda e: e["waiting"] == 0 and e["cancelled"] == before["cancelled"] + 1)
+    running.close()  # leaves while its request decodes
+    after = _wait_for(url, lambda e: e["running"] == 0 and e["cancelled"] == before["cancelled"] + 2)
+    assert after["completed"] == before["completed"]  # neither ran on to max_tokens for nobody
+
+
+def test_slow_bodies_time_out_and_a_client_that_leaves_mid_body_is_no_error(server, caplog):
+    served, url = server
+    u = urlparse(url)
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 100\r\n\r\n{{").encode()
+    with socket.create_connection((u.hostname, u.port), timeout=30) as gone:
+        gone.sendall(head)
+        time.sleep(0.2)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as slow:  # 1 byte of 100, then silence
+        slow.sendall(head)
+        start = time.monotonic()
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            data = slow.recv(4096)
+            if not data:
+                break
+            reply += data
+    assert time.monotonic() - start < 10  # the server's body_timeout_s is 1 s
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.split()[1] == b"408", reply
+    assert_openai_error(408, json.loads(body), 408, "request_timeout")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert not errors, errors
 
 
 def test_server_still_healthy_after_hostile_requests(server, client):
@@ -304,7 +374,8 @@ def test_base_model_has_no_chat_endpoint(tmp_path):
 
 
 def test_server_config_validation():
-    for bad in (dict(max_body_bytes=0), dict(max_tokens_limit=-1), dict(api_key="  ")):
+    for bad in (dict(max_body_bytes=0), dict(max_tokens_limit=-1), dict(api_key="  "), dict(body_timeout_s=0),
+                dict(body_timeout_s=float("inf"))):
         with pytest.raises(ValueError):
             ServerConfig(**bad)
 

@@ -92,7 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
         served.name = args.name
     config = ServerConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
                           max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens)
-    engine = Engine(served.model, served.decode, served.eos_id, n_slots=args.slots)
+    engine = Engine(served.model, served.decode, served.eos_id, n_slots=args.slots, max_len=args.max_len)
     json_logging()
     print(json.dumps({"event": "serving", "model": served.name, "url": f"http://{args.host}:{args.port}",
                       "slots": args.slots, "quantization": served.info.get("quantization"),
@@ -182,6 +182,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--name", help="model id clients use (default: the folder's name)")
     p.add_argument("--slots", type=_positive_int, default=8,
                    help="requests decoded together: cache slots of the continuous batch (default 8)")
+    p.add_argument("--max-len", type=_positive_int,
+                   help="tokens (prompt + completion) reserved per slot (default: the model's block_size)")
     p.add_argument("--api-key-file", help="file holding a bearer token clients must send (default: no auth)")
     p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
                    help="largest accepted request body in bytes (default 1 MiB)")

@@ -10,7 +10,9 @@ waiting one is prefilled into it while the others keep decoding.
 
 `Engine.step()` is one scheduler iteration: drop cancelled requests, prefill waiting requests into free slots
 (each prefill yields its first token), then run one batched decode step for every running request. Each
-request samples with its own seeded generator, so its output does not depend on what else is in the batch.
+request samples with its own seeded generator, so its output does not depend on what else is in the batch (up
+to floating-point rounding: a matrix product over B rows may round differently from one over a single row, which
+can flip a token only where two are within rounding of each other).
 """
 
 from __future__ import annotations
@@ -158,12 +160,15 @@ class Engine:
             return bool(self._waiting or self._cancel or any(r is not None for r in self._slots))
 
     # ---------------------------------------------------------------- scheduling
+    @torch.no_grad()
     def step(self) -> list[Event]:
         """One iteration: drop cancelled requests, prefill waiting ones into free slots, one batched decode step."""
         events: list[tuple[_Request, Event]] = []
         with self._cond:
             cancel, self._cancel = self._cancel, set()
-            self._waiting = deque(r for r in self._waiting if r.id not in cancel)
+            for req in [r for r in self._waiting if r.id in cancel]:  # left while waiting: counted and reported too
+                self._waiting.remove(req)
+                self._finish(req, "cancelled", events)
             admitted = []
             for slot in range(self.n_slots):
                 if self._slots[slot] is not None and self._slots[slot].id in cancel:
@@ -173,7 +178,7 @@ class Engine:
                     req.slot, self._slots[slot] = slot, req
                     admitted.append(req)
         running = [r for r in self._slots if r is not None and r not in admitted]
-        with torch.no_grad():
+        try:
             for req in admitted:  # prefill: the whole prompt in one forward pass, its last logits give token 1
                 n = len(req.prompt)
                 logits = forward_slots(self.model, self.cache, torch.tensor([req.slot], device=self.device),
@@ -187,15 +192,16 @@ class Engine:
                                        span=int(pos.max()) + 1)[:, -1]
                 for req, tok in zip(running, self._sample(logits, running)):
                     self._advance(req, tok, events)
+        finally:  # also when a pass fails: requests that finished before it are told
+            self._emit(events)
         self.counters["steps"] += 1
-        self._emit(events)
         return [ev for _, ev in events]
 
     def _sample(self, logits: Tensor, reqs: list[_Request]) -> list[int]:
         """One token per row, each with its own request's settings and generator, in one batched draw.
 
         Each sampled row draws one uniform number u from its request's generator and takes the first token whose
-        cumulative probability exceeds u (inverse-CDF sampling): the same tokens whatever else is in the batch.
+        cumulative probability exceeds u (inverse-CDF sampling): the same draw whatever else is in the batch.
         """
         out = logits.argmax(dim=-1)
         rows = [i for i, r in enumerate(reqs) if r.params.temperature >= GREEDY_BELOW]

@@ -11,10 +11,22 @@ speculative decoding rejected) always sit at later positions, so they are never 
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 from torch import Tensor
 
 from llmbook.model import GPT
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of a CPU (physical RAM) or CUDA device; None where unknown."""
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
 
 
 class SlotKVCache:
@@ -36,6 +48,11 @@ class SlotKVCache:
         device = param.device if device is None else torch.device(device)
         dtype = param.dtype if dtype is None else dtype
         shape = (cfg.n_layer, n_slots, cfg.n_kv_head, max_len, cfg.head_dim)
+        need, have = 2 * math.prod(shape) * dtype.itemsize, device_memory(device)
+        if have is not None and need > have:  # e.g. a long-context model: the cache is reserved for max_len tokens
+            raise ValueError(f"a KV cache of {n_slots} slots x {max_len} tokens needs {need / 2**30:,.1f} GiB, more "
+                             f"than the {have / 2**30:,.1f} GiB of {device.type} memory: use fewer slots or a "
+                             f"shorter max_len")
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.n_slots, self.max_len, self.window = n_slots, max_len, cfg.sliding_window

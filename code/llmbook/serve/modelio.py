@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from llmbook.costs.params import count_params
 from llmbook.fileio import file_sha256, fsync_dir
 from llmbook.model import GPT, GPTConfig
 from llmbook.serve.quant import METHODS, QuantConfig, QuantLinear, _linears, _replace, quantize_model
@@ -183,8 +184,13 @@ def load_folder(folder: str | os.PathLike, device: str = "cpu") -> Servable:
         raise ValueError(f"{where}: {weights.stat().st_size} bytes, {SPEC} says {spec['weights']['bytes']}")
     if file_sha256(weights) != spec["weights"]["sha256"]:
         raise ValueError(f"{where}: fails the sha256 recorded in {SPEC} (modified or corrupted)")
+    config = GPTConfig.from_dict(spec["model"], source=f"{folder / SPEC} field 'model'")
+    n_params = count_params(config).total  # the model is built in fp32 before its tensors are checked: bound it
+    if n_params > 2 * weights.stat().st_size:  # by the file first (no format stores under half a byte per weight)
+        raise ValueError(f"{folder / SPEC}: field 'model' describes {n_params:,} parameters, more than "
+                         f"{weights.name} ({weights.stat().st_size:,} bytes) can hold")
     with torch.random.fork_rng(devices=[]):
-        model = GPT(GPTConfig.from_dict(spec["model"], source=f"{folder / SPEC} field 'model'"))
+        model = GPT(config)
     quant = spec["quantization"]
     if quant is not None:
         config = QuantConfig(quant["method"], quant["group_size"] or 64, 4 if quant["bits"] == 8 else quant["bits"])

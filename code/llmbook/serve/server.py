@@ -4,8 +4,8 @@ Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (t
 template), server-sent-event streaming with `"stream": true`, `GET /health`, and a small chat page at `/`.
 Every bad request gets a 4xx JSON error in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`;
 bodies are read up to a size limit before they are parsed; an optional bearer token guards the API; each
-request is logged as one JSON line. A client that disconnects mid-stream cancels its request, which frees
-its cache slot at the engine's next step.
+request is logged as one JSON line. A client that disconnects (mid-stream, or while its request waits or
+runs without streaming) cancels its request, which frees its cache slot at the engine's next step.
 """
 
 from __future__ import annotations
@@ -41,12 +41,16 @@ class ServerConfig:
     default_max_tokens: int = 64  # when a completions request gives none (chat: the rest of the context)
     max_stop: int = 4  # OpenAI's limit on stop sequences
     max_stop_chars: int = 64
+    body_timeout_s: float = 30.0  # a body still arriving after this long gets 408 (slow-body clients)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_tokens_limit", "default_max_tokens", "max_stop", "max_stop_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ServerConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.body_timeout_s, bool) or not isinstance(self.body_timeout_s, (int, float)) \
+                or not 0 < self.body_timeout_s < float("inf"):
+            raise ValueError(f"ServerConfig.body_timeout_s must be a positive number, got {self.body_timeout_s!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("ServerConfig.api_key must be a non-empty string or None")
 
@@ -158,8 +162,9 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
     of the best `rag_k` passages as fit its context, as numbered sources in a system message; the response
     names them in an extra `sources` field (@sec-applications-assistant)."""
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     from llmbook.finetune.chat import ChatFormat
 
@@ -217,14 +222,25 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
         if declared is not None and (not declared.isdigit() or int(declared) > config.max_body_bytes):
             raise APIError(413, f"request body larger than {config.max_body_bytes} bytes", code="request_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_body_bytes:
-                raise APIError(413, f"request body larger than {config.max_body_bytes} bytes",
-                               code="request_too_large")
+
+        async def receive() -> None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > config.max_body_bytes:
+                    raise APIError(413, f"request body larger than {config.max_body_bytes} bytes",
+                                   code="request_too_large")
+
+        try:  # a client that sends its body slowly (or never finishes it) must not hold a connection forever
+            await asyncio.wait_for(receive(), config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
+                           code="request_timeout") from None
+        except ClientDisconnect:
+            raise APIError(400, "the client disconnected before sending the whole body",
+                           code="client_disconnected") from None
         try:
             data = json.loads(bytes(body).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, an integer of over 4,300 digits
             raise APIError(400, f"We could not parse the JSON body of your request ({type(err).__name__}: "
                                 f"{str(err)[:80]})", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -260,6 +276,24 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
             log.info(json.dumps({"event": "generation", "id": name, "prompt_tokens": len(prompt_ids), "tokens": n,
                                  "finish_reason": reason, "ttft_ms": None if first is None else round(1000 * first, 2),
                                  "ms": round(1000 * (time.perf_counter() - start), 2)}))
+
+    async def unless_disconnected(request: Request, work) -> Response:
+        """Await `work` (a non-streaming generation), cancelling it, and so its engine request, if the client
+        disconnects first. (Streaming responses get the same from Starlette, which listens while it streams.)"""
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await task
+        return Response(status_code=499)  # the client closed the connection: nobody reads this
 
     def generation(prompt_ids: list[int], params: SamplingParams, kind: str, include_usage: bool, stream: bool,
                    extra: dict | None = None):
@@ -350,13 +384,16 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
-        ids = served.encode(prompt)
+        try:
+            ids = served.encode(prompt)
+        except ValueError as err:  # e.g. a lone surrogate ("\ud800"): valid JSON, not encodable text
+            raise APIError(400, f"'prompt' is not valid text ({str(err)[:80]})", param="prompt") from None
         if not ids:
             raise APIError(400, "'prompt' encodes to no tokens", param="prompt")
         params, stream, include_usage = parse_common(body, {"prompt"}, config, served.name, len(ids),
                                                      engine.max_len, config.default_max_tokens)
         response = generation(ids, params, "completion", include_usage, stream)
-        return await response if not stream else response
+        return await unless_disconnected(request, response) if not stream else response
 
     def with_sources(messages, answer_tokens: int):
         """The conversation with retrieved sources that fit the context (the request's answer included)."""
@@ -396,7 +433,7 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
         extra = None if sources is None else {"sources": [{"n": i, "source": p.source}
                                                           for i, p in enumerate(sources, 1)]}
         response = generation(ids, params, "chat", include_usage, stream, extra)
-        return await response if not stream else response
+        return await unless_disconnected(request, response) if not stream else response
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
