@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = args.out or speedrun_dir(args.preset)
     if out.exists() and not args.resume:
+        if any(out.iterdir()) and not (out / "speedrun.jsonl").is_file():
+            raise SystemExit(f"--out {out} is not empty and holds no speedrun: refusing to delete it")
         shutil.rmtree(out)  # a fresh, complete run: every stage is timed
     load_before = os.getloadavg()
     cpu0, start = children_cpu_seconds(), time.perf_counter()
@@ -49,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(cmd + (["--resume"] if args.resume else []), check=True)
     wall, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu0
     load_after = os.getloadavg()
-    device = "cpu"
     subprocess.run([sys.executable, str(Path(__file__).with_name("compress.py")), "--run", str(out), "--out-dir",
                     args.out_dir], check=True)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    device = report["machine"]["device"]
     budget = report["total"]["budget_minutes"]
     figures = {"wall_s": wall, "cpu_s": cpu, "cpu_per_wall": cpu / wall, "load_average_before": load_before,
                "load_average_after": load_after, "threads": report["machine"]["torch_threads"],

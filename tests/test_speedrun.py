@@ -51,6 +51,10 @@ def test_preset_overrides_reach_stage_and_trainer_tables():
     ({"speedrun": {"machine": {"precision": "fp8"}}}, r"precision='fp8' is not one of"),
     ({"speedrun": {"quantize": {"bits": [5]}}}, r"bits must list values from 2, 3, 4, 8"),
     ({"optim": {"lr": -1}}, r"\[optim\] lr must be positive"),
+    ({"speedrun": {"quantize": {"group_size": 0}}}, r"\[speedrun.quantize\] group_size must be >= 1"),
+    ({"speedrun": {"sft": {"preset": "finetune-nope"}}}, r"\[speedrun.sft\] config .*finetune-nope"),
+    ({"speedrun": {"dpo": {"overrides": ["dpo.beta=x"]}}}, r"\[speedrun.dpo\]"),
+    ({"speedrun": {"machine": {"gpu": "t4"}}, "train": {"gpu": "h100-sxm"}}, r"must name the same GPU"),
     ({"extra": {}}, r"unknown table\(s\) \['extra'\]"),
 ])
 def test_bad_presets_name_the_table_and_field(data, message):
@@ -123,7 +127,8 @@ def toy_stages(calls: list[str], fail: str = "") -> list[Stage]:
             (ctx.stage_dir(name) / "out.txt").write_text(text)
             return {"length": len(text)}
         return run
-    return [Stage("a", make("a"), settings=("data",)), Stage("b", make("b", "a"), settings=("tokenizer",), after=("a",)),
+    return [Stage("a", make("a"), settings=("speedrun.data",)),
+            Stage("b", make("b", "a"), settings=("speedrun.tokenizer",), after=("a",)),
             Stage("c", make("c"), requires="llmbook_no_such_module")]
 
 
@@ -160,6 +165,41 @@ def test_a_failed_stage_leaves_the_previous_result_and_no_record(tmp_path):
     assert not (tmp_path / ".b.tmp" / STAGE_FILE).exists()
     events = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert events[-1]["event"] == "failed" and "b broke" in events[-1]["message"]
+
+
+def test_stage_keys_tell_the_trainer_tables_from_the_stage_tables():
+    from llmbook.speedrun.runner import stage_key
+
+    stages = {s.name: s for s in STAGES}
+    base = load_preset("ci")
+    for override, reruns in (("data.batch_size=4", {"pretrain"}), ("speedrun.data.max_docs=9", {"data", "tokenizer"}),
+                             ("speedrun.machine.precision=fp32", {"pretrain", "report"}),
+                             ("speedrun.machine.price_per_hour=3", {"report"})):
+        changed = load_preset("ci", [override])
+        moved = {n for n, s in stages.items() if stage_key(changed, s, {}) != stage_key(base, s, {})}
+        assert moved == reruns, override
+
+
+def test_a_stage_not_selected_and_out_of_date_is_refused_to_later_stages(tmp_path):
+    cfg, calls = load_preset("ci"), []
+    run_stages(cfg, tmp_path, toy_stages(calls), echo=lambda m: None)
+    changed = load_preset("ci", ["speedrun.data.max_docs=9"])  # a's settings change, but only b is asked for
+
+    def reads_a(ctx):
+        return ctx.summary("a")
+
+    stages = [toy_stages(calls)[0], Stage("b", reads_a, settings=("speedrun.tokenizer",), after=("a",))]
+    with pytest.raises(StageError, match="stage 'b' reads stage 'a', which is out of date"):
+        run_stages(changed, tmp_path, stages, only=["b"], resume=True, echo=lambda m: None)
+
+
+def test_a_skipped_stage_runs_once_its_module_can_be_imported(tmp_path, monkeypatch):
+    cfg, calls = load_preset("ci"), []
+    run_stages(cfg, tmp_path, toy_stages(calls), echo=lambda m: None)
+    assert read_record(tmp_path / "c")["status"] == "skipped"
+    monkeypatch.setattr("llmbook.speedrun.runner.missing_module", lambda name: "")
+    records = run_stages(cfg, tmp_path, toy_stages(calls), resume=True, echo=lambda m: None)
+    assert calls[-1] == "c" and records["c"]["status"] == "done"
 
 
 def test_only_named_stages_run_and_unknown_names_are_refused(tmp_path):

@@ -138,6 +138,9 @@ class QuantizeStage:
 
     def __post_init__(self) -> None:
         _check("quantize", self)
+        _non_negative("quantize", self, "heldout_bytes")
+        if self.group_size < 1:
+            raise ValueError(f"[speedrun.quantize] group_size must be >= 1, got {self.group_size}")
         if not self.bits or any(b not in (2, 3, 4, 8) for b in self.bits):
             raise ValueError(f"[speedrun.quantize] bits must list values from 2, 3, 4, 8, got {self.bits!r}")
 
@@ -182,8 +185,14 @@ class SpeedrunConfig:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the preset as read (after overrides)
 
     def section_hash(self, *names: str) -> str:
-        """A short hash of the named tables of the preset, so a stage reruns when its settings change."""
-        picked = {n: self.raw.get("speedrun", {}).get(n, self.raw.get(n)) for n in names}
+        """A short hash of the named parts of the preset (a trainer table such as `data`, a stage table such as
+        `speedrun.data`, or one field such as `speedrun.machine.precision`), so a stage reruns when they change."""
+        picked = {}
+        for name in names:
+            node: Any = self.raw
+            for part in name.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            picked[name] = node
         return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -235,6 +244,17 @@ def from_dict(data: dict[str, Any], name: str, source: str = "preset") -> Speedr
                        "val_fraction": objects["data"].val_fraction}
     train = RunConfig.from_dict(trainer, source=source)
     train.model_config()  # the model shape is checked now, not after data preparation
+    machine = objects["machine"]
+    if machine.gpu and train.train.gpu and machine.gpu != train.train.gpu:
+        raise ValueError(f"{source}: [speedrun.machine] gpu={machine.gpu!r} and [train] gpu={train.train.gpu!r} "
+                         "must name the same GPU")
+    from llmbook.finetune.config import load_finetune_config
+
+    for key in ("sft", "dpo"):  # the tuning presets are checked now, not after hours of pretraining
+        try:
+            load_finetune_config(objects[key].preset, list(objects[key].overrides))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{source}: [speedrun.{key}] {err}") from None
     return SpeedrunConfig(name=name, description=str(data.get("description", "")), train=train, raw=data, **objects)
 
 

@@ -14,14 +14,16 @@ from llmbook.speedrun.config import SpeedrunConfig
 REFERENCE_GPUS = ("t4", "h100-sxm")  # where a CPU run's FLOPs would also be priced
 
 
-def _estimates(flops: float, gpus: tuple[str, ...], mfu: float) -> list[dict[str, Any]]:
-    """Time (and energy) the same training FLOPs would take on each GPU at `mfu`, from `llmbook.costs`."""
+def _estimates(flops: float, gpus: tuple[str, ...], mfu: float, price: float | None = None) -> list[dict[str, Any]]:
+    """Time, energy and (given a price per GPU-hour) cost of the same training FLOPs on each GPU at `mfu`, from
+    `llmbook.costs`."""
     from llmbook.costs import estimate_training
 
     out = []
     for gpu in gpus:
-        est = estimate_training(flops, gpu, mfu)
-        out.append({"gpu": gpu, "mfu": mfu, "hours": est.gpu_hours, "energy_kwh": est.energy_kwh})
+        est = estimate_training(flops, gpu, mfu, price_per_gpu_hour=price)
+        out.append({"gpu": gpu, "mfu": mfu, "hours": est.gpu_hours, "energy_kwh": est.energy_kwh,
+                    "cost_usd": est.cost_usd})
     return out
 
 
@@ -68,7 +70,8 @@ def build_report(cfg: SpeedrunConfig, records: dict[str, dict[str, Any]], machin
         gpus = (m.gpu,) if m.gpu else REFERENCE_GPUS
         report["cost"] = {"measured_hours": wall / 3600, "price_per_hour": m.price_per_hour,
                           "measured_cost_usd": wall / 3600 * m.price_per_hour,
-                          "same_flops_on_gpus": _estimates(pre["train_flops"], gpus, m.mfu)}
+                          "same_flops_on_gpus": _estimates(pre["train_flops"], gpus, m.mfu,
+                                                           m.price_per_hour if m.gpu and m.price_per_hour else None)}
     return report
 
 
@@ -153,9 +156,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"Measured: {duration(c['measured_hours'])}"
                 + (f", {c['measured_cost_usd']:.2f} USD at {c['price_per_hour']:g} USD/hour" if c["price_per_hour"] else "")
                 + ". The same training FLOPs elsewhere (estimates from `llmbook.costs` at the MFU shown):", ""]
-        out += _table(["GPU", "MFU", "time", "energy"],
+        out += _table(["GPU", "MFU", "time", "energy", "cost"],
                       [[e["gpu"], f"{e['mfu']:.0%}", duration(e["hours"]),
-                        si(e["energy_kwh"] * 1000, "Wh") if e["energy_kwh"] is not None else "n/a"]
+                        si(e["energy_kwh"] * 1000, "Wh") if e["energy_kwh"] is not None else "n/a",
+                        f"{e['cost_usd']:.2f} USD" if e.get("cost_usd") is not None else "no price set"]
                        for e in c["same_flops_on_gpus"]])
     if "eval" in s:
         e = s["eval"]

@@ -61,6 +61,7 @@ class Context:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
     work: dict[str, Path] = field(default_factory=dict)  # the folder a running stage writes into
+    stale: dict[str, str] = field(default_factory=dict)  # stages not selected to run whose record does not verify
 
     def stage_dir(self, name: str) -> Path:
         """Where stage `name` keeps its files (while it runs, possibly a temporary folder renamed at the end)."""
@@ -68,6 +69,8 @@ class Context:
 
     def summary(self, name: str) -> dict[str, Any]:
         """The summary of an earlier stage that is done; StageError naming it otherwise."""
+        if name in self.stale:
+            raise StageError(f"stage {name!r} is out of date ({self.stale[name]}); run it again first")
         record = self.records.get(name)
         if record is None or record.get("status") != "done":
             why = record.get("reason", "it has not run") if record else "it has not run"
@@ -195,7 +198,13 @@ def run_stages(cfg: SpeedrunConfig, out: str | Path, stages: list[Stage], only: 
             key = stage_key(cfg, stage, ctx.records)
             record = read_record(folder)
             selected = only is None or stage.name in only
+            stale = [n for n in stage.after if n in ctx.stale]
+            if selected and stale:
+                raise StageError(f"stage {stage.name!r} reads stage {stale[0]!r}, which is out of date "
+                                 f"({ctx.stale[stale[0]]}); run it too (--stages {stale[0]},{stage.name})")
             problem = verify_record(folder, record, key)
+            if not problem and record["status"] == "skipped" and not missing_module(stage.requires):
+                problem = f"it was skipped, and {stage.requires} can be imported now"
             if not problem:
                 ctx.records[stage.name] = record
                 if selected:
@@ -203,7 +212,8 @@ def run_stages(cfg: SpeedrunConfig, out: str | Path, stages: list[Stage], only: 
                 continue
             if not selected:
                 if record is not None:
-                    ctx.records[stage.name] = record  # reported as it is; a later stage that needs it checks it
+                    ctx.records[stage.name] = record  # reported as it is; a later stage reading it is refused
+                    ctx.stale[stage.name] = problem
                 continue
             ctx.records[stage.name] = _run_one(stage, ctx, folder, key, log, previous=problem)
         log.event("speedrun", "end", "done", load_average=load_average())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,8 +167,11 @@ def stage_pretrain(ctx: Context) -> dict[str, Any]:
     settings = {"config": settings, "shards": ctx.records["tokenizer"]["outputs"]}
     saved = folder / "settings.json"
     if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
-        raise StageError(f"{folder} holds checkpoints of a run with other settings or data; move it away (or use a new "
-                         "--out) to train again")
+        previous = folder.with_name(".pretrain.previous")  # the last superseded run is kept, not deleted
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)
+        folder.mkdir()
+        ctx.log(f"settings or data changed: the previous run moved to {previous.name}, training from scratch")
     write_json(saved, settings)
     resume = bool(ckpt.list_checkpoints(folder / "checkpoints"))
     trainer = Trainer(cfg, folder, resume=resume, log=ctx.log)
@@ -361,6 +366,8 @@ def stage_report(ctx: Context) -> dict[str, Any]:
     from llmbook.speedrun.machine import describe
     from llmbook.speedrun.report import build_report, render_markdown
 
+    for name in ctx.stale:  # a report card never mixes results of other settings
+        ctx.summary(name)
     device = ctx.records.get("pretrain", {}).get("summary", {}).get("device", "cpu")
     records = {k: v for k, v in ctx.records.items() if k != "report"}
     report = build_report(ctx.cfg, records, describe(device))
@@ -372,19 +379,20 @@ def stage_report(ctx: Context) -> dict[str, Any]:
 
 
 STAGES: list[Stage] = [
-    Stage("data", stage_data, settings=("data",), description="corpus, held-out books, curation"),
-    Stage("tokenizer", stage_tokenizer, settings=("tokenizer", "data"), after=("data",),
+    Stage("data", stage_data, settings=("speedrun.data",), description="corpus, held-out books, curation"),
+    Stage("tokenizer", stage_tokenizer, settings=("speedrun.tokenizer", "speedrun.data"), after=("data",),
           description="byte-level BPE and packed token shards"),
-    Stage("pretrain", stage_pretrain, settings=("model", "data", "optim", "train", "checkpoint", "machine"),
+    Stage("pretrain", stage_pretrain,
+          settings=("model", "data", "optim", "train", "checkpoint", "speedrun.machine.precision"),
           after=("tokenizer",), resumable=True, description="pretraining with llmbook.train"),
-    Stage("eval", stage_eval, settings=("eval",), after=("data", "pretrain"),
+    Stage("eval", stage_eval, settings=("speedrun.eval",), after=("data", "pretrain"),
           description="held-out bits per byte vs compressors, benchmarks, samples"),
-    Stage("sft", stage_sft, settings=("sft",), after=("pretrain",), requires="llmbook.finetune.pipeline",
+    Stage("sft", stage_sft, settings=("speedrun.sft",), after=("pretrain",), requires="llmbook.finetune.pipeline",
           description="supervised fine-tuning (llmbook.finetune)"),
-    Stage("dpo", stage_dpo, settings=("dpo",), after=("sft",), requires="llmbook.finetune.pipeline",
+    Stage("dpo", stage_dpo, settings=("speedrun.dpo",), after=("sft",), requires="llmbook.finetune.pipeline",
           description="preference tuning, DPO (llmbook.finetune)"),
-    Stage("quantize", stage_quantize, settings=("quantize",), after=("pretrain",), requires="llmbook.serve.quant",
-          description="weight-only quantization (llmbook.serve)"),
-    Stage("report", stage_report, after=("data", "tokenizer", "pretrain", "eval", "sft", "dpo", "quantize"),
-          description="report card"),
+    Stage("quantize", stage_quantize, settings=("speedrun.quantize",), after=("pretrain",),
+          requires="llmbook.serve.quant", description="weight-only quantization (llmbook.serve)"),
+    Stage("report", stage_report, settings=("speedrun.machine",),
+          after=("data", "tokenizer", "pretrain", "eval", "sft", "dpo", "quantize"), description="report card"),
 ]

@@ -43,6 +43,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon_params: list[torch.Tensor], adamw_groups: list[dict], lr: float, weight_decay: float,
                  momentum: float, betas: tuple[float, float], eps: float):
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optim.name='muon' needs PyTorch 2.9 or newer (torch.optim.Muon); this is "
+                             f"{torch.__version__}: upgrade PyTorch or use optim.name='adamw'")
         self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
                                      nesterov=True, adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps)
