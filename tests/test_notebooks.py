@@ -66,19 +66,14 @@ for _ in tqdm(range(3)):
 
 
 @pytest.fixture(scope="module")
-def demo_notebook(tmp_path_factory, monkeypatch_module):
+def demo_notebook(tmp_path_factory):
     root = tmp_path_factory.mktemp("book")
     (root / "chapters").mkdir()
     path = root / "chapters" / "demo.qmd"
     path.write_text(DEMO, encoding="utf-8")
-    monkeypatch_module.setattr(booktools, "book_files", lambda: [path])
-    return path, booktools.make_notebook(path)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+    with pytest.MonkeyPatch.context() as mp:  # the demo is the whole book only while its notebook is made
+        mp.setattr(booktools, "book_files", lambda: [path])
+        return path, booktools.make_notebook(path)
 
 
 def test_notebook_words_for_references_and_citations(demo_notebook):

@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
+from llmbook.progress import progress_bar
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # scripts written without spaces
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
@@ -90,7 +90,7 @@ class ContaminationIndex:
     def scan(self, documents: Iterable[str]) -> ContaminationIndex:
         """Stream training documents and record which eval n-grams occur in them."""
         short_lens = sorted({len(k) for k in self._short})
-        for doc in tqdm(documents, desc="contamination scan", unit="doc"):
+        for doc in progress_bar(documents, desc="contamination scan", unit="doc"):
             words = normalize_words(doc)
             for g in ngrams(words, self.n):
                 for owner in self._owners.get(g, ()):

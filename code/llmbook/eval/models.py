@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from llmbook.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class CausalLM:
             spans.append((len(inp) - len(tgt), len(inp)))
         unique = sorted(inputs, key=len, reverse=True)
         out: list = [None] * len(requests)
-        for start in tqdm(range(0, len(unique), batch_size), desc="scoring", unit="batch", leave=False):
+        for start in progress_bar(range(0, len(unique), batch_size), desc="scoring", unit="batch", leave=False):
             chunk = unique[start : start + batch_size]
             batch = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
             for b, inp in enumerate(chunk):
