@@ -310,6 +310,24 @@ def test_ci_preset_resumes_without_rerunning_and_reruns_what_changed(ci_run, tmp
 
 
 @pytest.mark.slow
+def test_changed_training_settings_retrain_and_keep_the_previous_run_aside(ci_run, tmp_path):
+    import shutil
+
+    from llmbook.speedrun import run
+
+    out, _ = ci_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    records = run("ci", str(copy), resume=True, overrides=["train.steps=12"], echo=lambda m: None, progress=False)
+    assert records["pretrain"]["summary"]["steps"] == 12 and records["pretrain"]["summary"]["resumed_from_step"] == 0
+    previous = copy / ".pretrain.previous"  # the superseded run is kept, checkpoints and settings
+    settings = json.loads((previous / "settings.json").read_text())
+    assert settings["config"]["train"]["steps"] == load_preset("ci").train.train.steps
+    assert any((previous / "checkpoints").iterdir())
+    assert {r["status"] for r in records.values()} == {"done"}
+
+
+@pytest.mark.slow
 def test_an_interrupted_pretraining_resumes_from_its_checkpoint(ci_run, tmp_path):
     import shutil
 
