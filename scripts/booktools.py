@@ -634,17 +634,15 @@ def freeze_record(path: Path, markdown: str, fmt: OutputFormat) -> dict:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from llmbook.fileio import atomic_write
+
+    atomic_write(path, lambda f: f.write(data), "wb")
 
 
 def write_freeze(path: Path, cells: list[QCell]) -> Path:
     """Write a document's freezer for every book format from one execution; returns its folder."""
+    from llmbook.fileio import replace_dir
+
     target = freeze_dir(path)
     fresh = Path(tempfile.mkdtemp(prefix=".freeze-", dir=FREEZE.parent))
     try:
@@ -654,10 +652,8 @@ def write_freeze(path: Path, cells: list[QCell]) -> Path:
             _write_bytes(fresh / "execute-results" / f"{fmt.freeze_name}.json", record.encode("utf-8"))
             for rel, data in files.items():
                 _write_bytes(fresh / rel, data)
-        if target.exists():
-            shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(fresh, target)
+        replace_dir(fresh, target)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
     return target

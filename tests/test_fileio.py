@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from llmbook.fileio import LOCK_NAME, LockedError, atomic_write, output_dir, run_lock
+from llmbook.fileio import LOCK_NAME, LockedError, atomic_write, output_dir, replace_dir, run_lock
 
 HOLD = "import sys, time; from llmbook.fileio import run_lock; lock = run_lock(sys.argv[1]); print('locked', flush=True); time.sleep(120)"
 
@@ -119,3 +119,30 @@ def test_checkpoints_and_evaluation_do_not_reach_into_the_data_package():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     assert done.stdout.strip() == "[]"
+
+
+def test_replace_dir_swaps_a_finished_folder_in_and_leaves_no_old_copy(tmp_path, monkeypatch):
+    out, new = tmp_path / "run", tmp_path / ".run.tmp"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    assert replace_dir(new, out) == out and (out / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # a crash between the two renames leaves the old folder whole beside `out`, never a half-written one
+    new.mkdir()
+    (new / "a.txt").write_text("newer")
+    real = os.replace
+    calls = []
+
+    def crash_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("power cut")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_second)
+    with pytest.raises(OSError, match="power cut"):
+        replace_dir(new, out)
+    (old,) = tmp_path.glob(".run.old-*")
+    assert (old / "a.txt").read_text() == "new" and (new / "a.txt").read_text() == "newer"

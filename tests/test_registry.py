@@ -335,7 +335,7 @@ def test_a_damaged_cache_file_is_downloaded_again(data_dir, env, serve, monkeypa
     good = (data_dir / rel).read_bytes()
     path = registry.fetch(rel, progress=False)
     hashed = []
-    monkeypatch.setattr(registry, "_file_digest", lambda p, opener=open: hashed.append(p) or sha(Path(p).read_bytes()))
+    monkeypatch.setattr(registry, "file_sha256", lambda p, opener=open: hashed.append(p) or sha(Path(p).read_bytes()))
     assert registry.fetch(rel) == path and registry.fetch(rel) == path and len(hashed) <= 1 and len(requests) == 1
     path.write_bytes(good[:-10] + b"tampered!\n")
     monkeypatch.setenv("LLMBOOK_OFFLINE", "1")

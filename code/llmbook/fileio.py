@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -63,15 +64,34 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def replace_dir(new: str | Path, out: str | Path) -> Path:
+    """Put the finished folder `new` at `out` in two renames (the old `out` aside as `.NAME.old-*`, `new` in its
+    place), then remove the old one: a crash at any point leaves a complete folder, old or new, at `out` or
+    beside it. The names inside `new` and the swap itself are fsynced."""
+    new, out = Path(new), Path(out)
+    fsync_dir(new)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(new, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def write_json(path: str | Path, obj: object) -> Path:
     """Write `obj` as indented JSON atomically (@sec-data-pack)."""
     return atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False))
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks (manifests, checkpoints and the data registry record it)."""
+def file_sha256(path: str | Path, opener: Callable = open) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (manifests, checkpoints and the data registry record it); `opener`
+    may decompress (`lzma.open`: the checksum of the content)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with opener(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

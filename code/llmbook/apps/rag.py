@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmbook.apps.bm25 import analyze
-from llmbook.eval.harness import MetricValue, summarize
+from llmbook.eval.harness import MetricValue, paired_difference, summarize  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,6 @@ def retrieval_metrics(rankings: Sequence[Sequence[Hashable]], gold: Sequence[Has
     out = {f"recall@{k}": summarize(hits_at(rankings, gold, k), iters, seed) for k in ks}
     out["MRR"] = summarize(reciprocal_ranks(rankings, gold), iters, seed)
     return out
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, iters: int = 1000, seed: int = 0) -> MetricValue:
-    """Mean of a - b over the same queries with a 95% bootstrap interval: the fair way to compare two systems."""
-    return summarize(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), iters, seed)
 
 
 # ---- prompts, citations, grounding -------------------------------------------------------------------

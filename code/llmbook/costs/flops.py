@@ -53,7 +53,8 @@ def mfu(tokens_per_s: float, cfg: GPTConfig, seq_len: int | None, peak_flops: fl
 
 @dataclass(frozen=True)
 class DecodeStep:
-    """One decoding step for a batch: FLOPs, and the bytes of weights and of KV cache read from memory."""
+    """One forward step for a batch (a decoding step, or a prefill): FLOPs, and the bytes of weights and of KV
+    cache read from memory."""
 
     flops: float
     weight_bytes: float

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmbook.fileio import atomic_write, fsync_dir, write_json
+from llmbook.fileio import atomic_write, replace_dir, write_json
 from llmbook.progress import progress_bar
 
 MANIFEST = "manifest.json"
@@ -137,7 +136,7 @@ def write_shards(
                     _link_or_copy(entry, tmp / entry.name)
         if out.is_dir():
             shutil.copymode(out, tmp)  # the folder keeps its permissions
-        _swap_in(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,22 +180,6 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
         os.link(src, dst, follow_symlinks=False)
     except OSError:
         shutil.copy2(src, dst, follow_symlinks=False)
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace folder `out` by folder `new` with renames, then fsync the parent so the swap survives a crash.
-
-    Between the two renames `out` is briefly absent (the previous set is then under `.NAME.old-*`)."""
-    fsync_dir(new)  # the shard and manifest names inside `new` are on disk before it becomes `out`
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(new, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _write_shards(texts: Iterable[str | Mapping[str, Any]], encode: Callable[[str], list[int]], out: Path, eos_id: int,

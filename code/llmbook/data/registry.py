@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from llmbook.fileio import atomic_write
+from llmbook.fileio import atomic_write, file_sha256
 from llmbook.progress import progress_bar
 
 CHUNK = 1 << 16
@@ -259,26 +259,18 @@ def cached_problem(path: Path, sha256: str, content_sha256: str | None = None) -
 
 @functools.lru_cache(maxsize=1024)
 def _cached_problem(path: str, size: int, mtime_ns: int, ino: int, sha256: str, content_sha256: str | None) -> str | None:
-    actual = _file_digest(path)
+    actual = file_sha256(path)
     if actual == sha256:
         return None
     if content_sha256 is not None:
         try:
-            content = _file_digest(path, lzma.open)
+            content = file_sha256(path, lzma.open)
         except (lzma.LZMAError, EOFError) as err:
             return f"not a readable xz file ({err})"
         if content == content_sha256:
             return None
         return f"sha256 mismatch of its content: expected {content_sha256}, got {content}"
     return f"sha256 mismatch: expected {sha256}, got {actual} ({size} bytes)"
-
-
-def _file_digest(path: str, opener=open) -> str:
-    digest = hashlib.sha256()
-    with opener(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def obtain(entry: DataFile, dest: Path, progress: bool = True) -> Path:

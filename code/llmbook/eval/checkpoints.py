@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -125,7 +124,7 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     in a temporary folder and renamed into place when complete, so an interrupted run is never reused.
     """
     from llmbook.train import Trainer
-    from llmbook.fileio import fsync_dir
+    from llmbook.fileio import replace_dir
 
     out = run_dir_for(cfg)
     if _complete(out, cfg.train.steps):
@@ -134,11 +133,8 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     try:
         Trainer(cfg, tmp, log=log).fit()
-        if out.exists() and not _complete(out, cfg.train.steps):
-            shutil.rmtree(out)  # a stale, incomplete folder from elsewhere
-        if not out.exists():
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
+        if not _complete(out, cfg.train.steps):  # another process may have finished the same run first
+            replace_dir(tmp, out)  # over a stale, incomplete folder from elsewhere
     finally:
         if tmp.exists():  # another process finished the same run first
             shutil.rmtree(tmp, ignore_errors=True)
@@ -149,14 +145,6 @@ def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
 # it, so every chapter that falls back to it reuses that one cached run.
 BOOK_RUN = ("cpu-tiny", ("train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
                          "checkpoint.keep=8"))
-
-
-def book_run(log: Callable[[str], None] = lambda msg: None) -> Path:
-    """The run directory of the book's model: the speedrun's when there is one, else the quick `BOOK_RUN`, trained
-    once by `cached_run` and reused afterwards (`llmbook.speedrun.book_model` says which, @sec-speedrun-book)."""
-    from llmbook.speedrun import book_model
-
-    return book_model(log=log).run_dir
 
 
 def held_out_documents(data_cfg) -> list[str]:

@@ -54,6 +54,15 @@ def summarize(values: Sequence[float], iters: int = 1000, seed: int = 0) -> Metr
     return MetricValue(float(np.mean(values)), mean_stderr(values), lo, hi)
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], iters: int = 1000, seed: int = 0) -> MetricValue:
+    """Mean of a - b over the same items with a 95% bootstrap interval over items: the fair way to compare two
+    systems scored on the same items."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    return summarize(a - b, iters, seed)
+
+
 def build_context(task: Task, doc: dict, fewshot_docs: Sequence[dict]) -> str:
     """Description + k worked examples + the item's prompt, joined like lm-evaluation-harness."""
     parts = []

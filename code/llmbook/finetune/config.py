@@ -15,7 +15,7 @@ from typing import Any
 
 from llmbook.finetune.lora import LoRAConfig
 from llmbook.finetune.synthetic import FAMILIES
-from llmbook.train.config import RunConfig, apply_overrides, tomllib
+from llmbook.train.config import RunConfig, apply_overrides, check_table, tomllib
 
 # The evaluation chapter's shortened cpu-tiny run (@sec-evaluation-checkpoints): the same settings share its cache.
 EVAL_BASE_OVERRIDES = ["train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
@@ -209,13 +209,7 @@ class FinetuneConfig:
             raise ValueError(f"{source}: unknown table(s) {unknown}; known: {sorted(SECTIONS)}")
         kwargs = {}
         for name, klass in SECTIONS.items():
-            table = data.get(name, {})
-            if not isinstance(table, dict):
-                raise ValueError(f"{source}: [{name}] must be a table")
-            known = {f.name for f in dataclasses.fields(klass)}
-            bad = sorted(set(table) - known)
-            if bad:
-                raise ValueError(f"{source}: unknown field(s) {bad} in [{name}]; known: {sorted(known)}")
+            table = check_table(klass, data.get(name, {}), name, source)
             try:
                 kwargs[name] = klass(**table)
             except (TypeError, ValueError) as err:

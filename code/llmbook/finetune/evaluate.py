@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmbook.eval.harness import MetricValue, summarize
+from llmbook.eval.harness import MetricValue, paired_difference, summarize  # noqa: F401 (re-exported)
 from llmbook.finetune.chat import ChatFormat, encode_text, special_tokens
 from llmbook.finetune.synthetic import Item, check
 from llmbook.model import left_pad
@@ -108,13 +108,6 @@ def task_accuracy(model: nn.Module, tokenizer: Any, fmt: ChatFormat, items: Sequ
     """Greedy chat answers to held-out items, checked (@sec-finetune-eval)."""
     return accuracy(items, chat_answers(model, tokenizer, fmt, [i.messages(with_answer=False) for i in items],
                                         max_new_tokens))
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], iters: int = 1000) -> MetricValue:
-    """Mean of a - b over the same items with a bootstrap interval over items: a paired comparison."""
-    if len(a) != len(b):
-        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
-    return summarize([x - y for x, y in zip(a, b)], iters)
 
 
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], iters: int = 1000) -> MetricValue:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from llmbook.fileio import atomic_write, fsync_dir
+from llmbook.fileio import atomic_write, replace_dir
 from llmbook.finetune import synthetic
 from llmbook.finetune.base import (FINETUNE_FILE, chat_model, disable_dropout, load_base, load_finetuned,
                                    model_dict)
@@ -308,11 +307,8 @@ def cached_stage(stage: str, cfg: FinetuneConfig, init: str | Path | None = None
                 run_sft(cfg, tmp, log=log)
             else:
                 STAGES[stage](cfg, tmp, init, log=log)
-        if out.exists() and not _complete(out, steps):
-            shutil.rmtree(out)
-        if not out.exists():
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
+        if not _complete(out, steps):  # another process may have finished the same run first
+            replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,6 @@ on the same tokens.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 import dataclasses
 from dataclasses import asdict, dataclass
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmbook.model import GPT, GPTConfig
+from llmbook.train.config import OptimConfig
+from llmbook.train.optim import lr_at, set_lr
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,7 @@ def train_student(student: GPT, batches: Iterable[tuple[Tensor, Tensor]], config
                          f"{student.config.vocab_size}: distillation needs the same tokenizer")
     device = next(student.parameters()).device
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    schedule = OptimConfig(lr=config.lr, min_lr=0.1 * config.lr, warmup_steps=config.warmup_steps, schedule="cosine")
 
     if teacher is not None:
         teacher.eval()
@@ -97,8 +93,7 @@ def train_student(student: GPT, batches: Iterable[tuple[Tensor, Tensor]], config
     history = []
     for step, (x, y) in zip(range(config.steps), batches):
         x, y = x.to(device), y.to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+        set_lr(opt, lr_at(step, schedule, config.steps))
         teacher_logits = None
         if teacher is not None and config.alpha > 0:
             with torch.no_grad():

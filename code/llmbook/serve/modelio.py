@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmbook.costs.params import count_params
-from llmbook.fileio import file_sha256, fsync_dir
+from llmbook.fileio import file_sha256, replace_dir
 from llmbook.model import GPT, GPTConfig
 from llmbook.serve.quant import METHODS, QuantConfig, QuantLinear, _linears, _replace, quantize_model
 
@@ -92,10 +92,7 @@ def save_model(model: GPT, tokenizer: Any, out_dir: str | os.PathLike, source: d
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

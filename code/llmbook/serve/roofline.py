@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmbook.costs.flops import DecodeStep
 from llmbook.model import GPT
 from llmbook.serve.kvcache import SlotKVCache, forward_slots
 
@@ -46,32 +47,16 @@ def memory_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / _best_time(lambda: dst.copy_(src), repeats)
 
 
-@dataclass(frozen=True)
-class StepCost:
-    """FLOPs and bytes of one forward pass (matrix multiplies and attention; norms and activations are small)."""
-
-    flops: float
-    weight_bytes: float
-    kv_bytes: float
-
-    @property
-    def bytes(self) -> float:
-        return self.weight_bytes + self.kv_bytes
-
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.bytes
-
-
 def step_cost(model: GPT, batch: int, new_tokens: int, context: int, bytes_per_weight: float = 4.0,
-              bytes_per_kv: float = 4.0) -> StepCost:
-    """Cost of running `new_tokens` tokens per sequence for `batch` sequences that attend to `context` keys each."""
+              bytes_per_kv: float = 4.0) -> DecodeStep:
+    """Cost of running `new_tokens` tokens per sequence for `batch` sequences that attend to `context` keys each
+    (matrix multiplies and attention; norms and activations are small), measured on the model's own layers."""
     c = model.config
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     tokens = batch * new_tokens
     attn = 2 * 2 * c.n_layer * c.n_head * c.head_dim * context * tokens  # q.k scores and p.v, 2 FLOPs per MAC
     kv = 2 * c.n_layer * c.n_kv_head * c.head_dim * context * batch * bytes_per_kv
-    return StepCost(2 * linear * tokens + attn, linear * bytes_per_weight, kv)
+    return DecodeStep(2 * linear * tokens + attn, linear * bytes_per_weight, kv)
 
 
 @dataclass(frozen=True)
@@ -83,7 +68,7 @@ class Timing:
     tokens: int  # new tokens per sequence in the pass
     context: int
     seconds: float
-    cost: StepCost
+    cost: DecodeStep
 
     @property
     def flops_per_s(self) -> float:

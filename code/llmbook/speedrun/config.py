@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmbook.train.config import RunConfig, apply_overrides, tomllib
+from llmbook.train.config import RunConfig, apply_overrides, check_table, tomllib
 
 PRESET_FOLDER = "speedrun"  # under the project's configs/
 TRAINER_TABLES = ("model", "data", "optim", "train", "checkpoint")
@@ -228,13 +228,7 @@ def from_dict(data: dict[str, Any], name: str, source: str = "preset") -> Speedr
                          f"{[f'speedrun.{k}' for k in STAGE_TABLES]}")
     objects = {}
     for key, klass in STAGE_TABLES.items():
-        table = stages.get(key, {})
-        if not isinstance(table, dict):
-            raise ValueError(f"{source}: [speedrun.{key}] must be a table")
-        fields = {f.name for f in dataclasses.fields(klass)}
-        extra = sorted(set(table) - fields)
-        if extra:
-            raise ValueError(f"{source}: unknown field(s) {extra} in [speedrun.{key}]; known: {sorted(fields)}")
+        table = check_table(klass, stages.get(key, {}), f"speedrun.{key}", source)
         try:
             objects[key] = klass(**table)
         except ValueError as err:  # the two tuning stages share one settings class: name the table used

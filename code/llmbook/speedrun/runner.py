@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmbook.fileio import file_sha256, fsync_dir, output_dir, run_lock, write_json
+from llmbook.fileio import file_sha256, output_dir, replace_dir, run_lock, write_json
 from llmbook.speedrun.config import SpeedrunConfig
 
 STAGE_FILE = "stage.json"
@@ -250,12 +250,6 @@ def _run_one(stage: Stage, ctx: Context, folder: Path, key: str, log: JsonlLog, 
                   "load_average": load_average()}
         log.event(stage.name, "done", f"done in {wall:,.0f} s wall, {cpu:,.0f} s CPU", wall_s=wall, cpu_s=cpu)
     write_json(work / STAGE_FILE, record)
-    if work != folder:  # the finished stage replaces the old folder in two renames
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(work, folder)
-        fsync_dir(folder.parent)
-        shutil.rmtree(old, ignore_errors=True)
+    if work != folder:  # the finished stage replaces the old folder
+        replace_dir(work, folder)
     return record

@@ -350,7 +350,7 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
     rows = [{"scheme": "fp32", "weight_bytes": quant.weight_bytes(base.model), "bits_per_byte": reference}]
     for bits in q.bits:
         config = quant.QuantConfig("int8") if bits == 8 else quant.QuantConfig("int4", q.group_size, weight_bits=bits)
-        model = quant.quantize_model(load_servable(run).model, config)
+        model = quant.quantize_model(copy.deepcopy(base.model), config)  # it quantizes in place
         folder = save_model(model, base.tokenizer, ctx.stage_dir("quantize") / f"int{bits}", quant=config,
                             source={"speedrun": ctx.cfg.name, "stage": "pretrain"})
         value = bits_per_byte(model)

@@ -170,6 +170,18 @@ class ParallelConfig:
         _choice("parallel", "reduce_dtype", self.reduce_dtype, PRECISIONS)
 
 
+def check_table(klass: type, table: Any, label: str, source: str) -> dict[str, Any]:
+    """`table` if it is a mapping of fields that dataclass `klass` has; otherwise a ValueError naming `source`
+    and the table `[label]` (shared by every TOML config of the package)."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{source}: [{label}] must be a table")
+    known = {f.name for f in dataclasses.fields(klass)}
+    bad = sorted(set(table) - known)
+    if bad:
+        raise ValueError(f"{source}: unknown field(s) {bad} in [{label}]; known: {sorted(known)}")
+    return table
+
+
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
             "checkpoint": CheckpointConfig, "parallel": ParallelConfig}
 
@@ -200,12 +212,7 @@ class RunConfig:
             raise ValueError(f"{source}: unknown table(s) {unknown}; known: ['model', {', '.join(map(repr, SECTIONS))}]")
         kwargs: dict[str, Any] = {"model": dict(data.get("model", {}))}
         for name, klass in SECTIONS.items():
-            table = data.get(name, {})
-            known = {f.name for f in dataclasses.fields(klass)}
-            bad = sorted(set(table) - known)
-            if bad:
-                raise ValueError(f"{source}: unknown field(s) {bad} in [{name}]; known: {sorted(known)}")
-            kwargs[name] = klass(**table)
+            kwargs[name] = klass(**check_table(klass, data.get(name, {}), name, source))
         if kwargs["optim"].name == "muon" and kwargs["parallel"].mode == "fsdp":
             raise ValueError(f"{source}: [optim] name='muon' needs whole weight matrices; use [parallel] mode "
                              "'none' or 'ddp'")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from llmbook.fileio import fsync_dir
+from llmbook.fileio import replace_dir
 from llmbook.data.pack import MANIFEST, TokenLoader, write_shards
 from llmbook.fileio import file_sha256
 from llmbook.data.sources import load_corpus
@@ -77,10 +77,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> Path:
         write_shards(documents(cfg), lambda text: tokenizer.encode(text).ids, tmp, eos_id=tokenizer.token_to_id(EOS),
                      vocab_size=tokenizer.get_vocab_size(), val_fraction=cfg.val_fraction,
                      tokenizer_hash=file_sha256(tmp / "tokenizer.json"), progress=progress)
-        if out.exists():  # a leftover without a manifest (crashed before the old code's last write)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)  # over a leftover without a manifest (crashed before the old code's last write)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
