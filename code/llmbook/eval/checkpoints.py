@@ -117,28 +117,33 @@ def _complete(run: Path, steps: int) -> bool:
     return last is not None and last.name == ckpt.step_dir_name(steps) and (run / "metrics.jsonl").is_file()
 
 
-def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
-    """Train `cfg` with the book's trainer once and return the run directory; later calls reuse the finished run.
-
-    Runs are cached like the trainer caches shards (`$LLMBOOK_CACHE`, keyed by the settings). A run is trained
-    in a temporary folder and renamed into place when complete, so an interrupted run is never reused.
-    """
-    from llmbook.train import Trainer
+def train_once(out: Path, steps: int, train: Callable[[Path], None]) -> Path:
+    """`out` once it holds a run finished at `steps`; otherwise `train(folder)` into a temporary folder that is
+    renamed to `out` when complete, so an interrupted run is never reused (shared by every cached run)."""
     from llmbook.fileio import replace_dir
 
-    out = run_dir_for(cfg)
-    if _complete(out, cfg.train.steps):
+    if _complete(out, steps):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     try:
-        Trainer(cfg, tmp, log=log).fit()
-        if not _complete(out, cfg.train.steps):  # another process may have finished the same run first
+        train(tmp)
+        if not _complete(out, steps):  # another process may have finished the same run first
             replace_dir(tmp, out)  # over a stale, incomplete folder from elsewhere
     finally:
-        if tmp.exists():  # another process finished the same run first
+        if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def cached_run(cfg, log: Callable[[str], None] = print) -> Path:
+    """Train `cfg` with the book's trainer once and return the run directory; later calls reuse the finished run.
+
+    Runs are cached like the trainer caches shards (`$LLMBOOK_CACHE`, keyed by the settings), by `train_once`.
+    """
+    from llmbook.train import Trainer
+
+    return train_once(run_dir_for(cfg), cfg.train.steps, lambda folder: Trainer(cfg, folder, log=log).fit())
 
 
 # The quick stand-in for the book's model: the `cpu-tiny` preset shortened as @sec-evaluation-checkpoints trains

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmbook.finetune.lora import LoRAConfig
 from llmbook.finetune.synthetic import FAMILIES
-from llmbook.train.config import RunConfig, apply_overrides, check_table, tomllib
+from llmbook.train.config import RunConfig, apply_overrides, check_table, config_path, read_toml
 
 # The evaluation chapter's shortened cpu-tiny run (@sec-evaluation-checkpoints): the same settings share its cache.
 EVAL_BASE_OVERRIDES = ["train.steps=80", "train.eval_every=20", "train.log_every=10", "checkpoint.every=20",
@@ -219,15 +219,5 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
     """Load a TOML preset (a path, or a name in the project's configs/ folder) and apply `section.field=value`."""
-    path = Path(path)
-    if not path.suffix and not path.exists():
-        from llmbook.book import project_root
-
-        path = project_root() / "configs" / f"{path}.toml"
-    if not path.is_file():
-        raise FileNotFoundError(f"config {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: malformed TOML: {err}") from None
-    return FinetuneConfig.from_dict(apply_overrides(data, list(overrides)), source=str(path))
+    path = config_path(path)
+    return FinetuneConfig.from_dict(apply_overrides(read_toml(path), list(overrides)), source=str(path))

@@ -13,8 +13,6 @@ import copy
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import torch
 
-from llmbook.fileio import atomic_write, replace_dir
+from llmbook.fileio import atomic_write
 from llmbook.finetune import synthetic
 from llmbook.finetune.base import (FINETUNE_FILE, chat_model, disable_dropout, load_base, load_finetuned,
                                    model_dict)
@@ -274,20 +272,14 @@ STAGES = {"sft": run_sft, "reward": run_reward, "dpo": run_dpo, "grpo": run_grpo
 
 
 # ------------------------------------------------------------------------------------------------------ cache
-def _complete(run: Path, steps: int) -> bool:
-    from llmbook.train import checkpoint as ckpt
-
-    last = ckpt.latest_valid(run / "checkpoints", log=lambda msg: None)
-    return last is not None and last.name == ckpt.step_dir_name(steps)
-
-
 def cached_stage(stage: str, cfg: FinetuneConfig, init: str | Path | None = None, log: Log = lambda msg: None) -> Path:
     """Run `stage` once for this configuration (and `init`) and return its run directory; later calls reuse it.
 
     Runs live under `$LLMBOOK_CACHE/finetune/`, named by a hash of the settings the stage reads (`[base]`, `[run]`,
     `[data]`, `[lora]` and its own table) and the init path, trained in a temporary folder and renamed into place
-    when complete, as `llmbook.eval.checkpoints.cached_run`.
+    when complete (`llmbook.eval.checkpoints.train_once`, as for `cached_run`).
     """
+    from llmbook.eval.checkpoints import train_once
     from llmbook.train.config import DataConfig
     from llmbook.train.data import cache_root
 
@@ -296,20 +288,12 @@ def cached_stage(stage: str, cfg: FinetuneConfig, init: str | Path | None = None
     settings = {k: v for k, v in cfg.to_dict().items() if k in ("base", "run", "data", "lora", stage)}
     key = hashlib.sha256(json.dumps([stage, settings, str(init)], sort_keys=True).encode()).hexdigest()[:12]
     out = cache_root(DataConfig()) / "finetune" / f"{stage}-{key}"
-    steps = getattr(cfg, stage).steps
-    if _complete(out, steps):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
+
+    def train(folder: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             if stage == "sft":
-                run_sft(cfg, tmp, log=log)
+                run_sft(cfg, folder, log=log)
             else:
-                STAGES[stage](cfg, tmp, init, log=log)
-        if not _complete(out, steps):  # another process may have finished the same run first
-            replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+                STAGES[stage](cfg, folder, init, log=log)
+
+    return train_once(out, getattr(cfg, stage).steps, train)

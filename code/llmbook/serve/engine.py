@@ -186,10 +186,11 @@ class Engine:
                                        torch.arange(n, device=self.device)[None], span=n)[:, -1]
                 self._advance(req, self._sample(logits, [req])[0], events)
             if running:  # decode: one new token for every running request, in one forward pass
-                pos = torch.tensor([[len(r.prompt) + len(r.out) - 1] for r in running], device=self.device)
+                lengths = [len(r.prompt) + len(r.out) for r in running]  # in Python: no device sync for the span
+                pos = torch.tensor([[n - 1] for n in lengths], device=self.device)
                 logits = forward_slots(self.model, self.cache, torch.tensor([r.slot for r in running], device=self.device),
                                        torch.tensor([[r.out[-1]] for r in running], device=self.device), pos,
-                                       span=int(pos.max()) + 1)[:, -1]
+                                       span=max(lengths))[:, -1]
                 for req, tok in zip(running, self._sample(logits, running)):
                     self._advance(req, tok, events)
         finally:  # also when a pass fails: requests that finished before it are told

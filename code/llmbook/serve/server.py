@@ -435,11 +435,13 @@ def create_app(served: Servable, engine: Engine, config: ServerConfig = ServerCo
         response = generation(ids, params, "chat", include_usage, stream, extra)
         return await unless_disconnected(request, response) if not stream else response
 
+    model_js = json.dumps(served.name).replace("<", "\\u003c")  # a JS string that cannot close the <script>
+    chat_page = resources.files("llmbook.serve").joinpath("chat.html").read_text(encoding="utf-8")
+    chat_page = chat_page.replace("__MODEL__", model_js)  # made once, served on every GET /
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        html = resources.files("llmbook.serve").joinpath("chat.html").read_text(encoding="utf-8")
-        name = json.dumps(served.name).replace("<", "\\u003c")  # a JS string that cannot close the <script>
-        return HTMLResponse(html.replace("__MODEL__", name))
+        return HTMLResponse(chat_page)
 
     return app
 

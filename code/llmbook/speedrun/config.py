@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmbook.train.config import RunConfig, apply_overrides, check_table, tomllib
+from llmbook.train.config import RunConfig, apply_overrides, check_table, read_toml
 
 PRESET_FOLDER = "speedrun"  # under the project's configs/
 TRAINER_TABLES = ("model", "data", "optim", "train", "checkpoint")
@@ -259,11 +259,7 @@ def load_preset(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     if not path.is_file():
         names = ", ".join(available_presets())
         raise FileNotFoundError(f"speedrun preset {str(name_or_path)!r} not found ({path}); presets: {names}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: malformed TOML: {err}") from None
-    data = _apply_overrides(data, list(overrides))
+    data = _apply_overrides(read_toml(path), list(overrides))
     return from_dict(data, path.stem, source=str(path))
 
 

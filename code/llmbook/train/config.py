@@ -250,8 +250,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a TOML preset (a path, or a name in the project's configs/ folder) and apply overrides."""
+def config_path(path: str | Path) -> Path:
+    """A preset file: `path` itself, or `configs/NAME.toml` in the project for a bare name; an error if missing."""
     path = Path(path)
     if not path.suffix and not path.exists():
         from llmbook.book import project_root
@@ -260,11 +260,21 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise FileNotFoundError(f"config {str(path)!r} " + ("is a directory, not a TOML file" if path.is_dir() else
                                                             "does not exist"))
+    return path
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The tables of a TOML file, with an error naming the file for malformed TOML or text that is not UTF-8."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: malformed TOML: {err}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
                          "TOML files are UTF-8") from None
-    return RunConfig.from_dict(apply_overrides(data, list(overrides)), source=str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a TOML preset (a path, or a name in the project's configs/ folder) and apply overrides."""
+    path = config_path(path)
+    return RunConfig.from_dict(apply_overrides(read_toml(path), list(overrides)), source=str(path))
